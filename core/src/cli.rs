@@ -1,0 +1,212 @@
+//! The command line shared by both binaries (feature `cli`). Every flag can
+//! also be set by an environment variable `ROOMCAST_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{HubConfig, Limits};
+
+/// roomcast: WebSocket rooms over Redis Pub/Sub, wire-compatible with the
+/// tutorial server.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Address to listen on (WebSocket at any path, plus /healthz, /metrics and /).
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port[/db] or unix:///path). Without it an
+    /// embedded single-node broker is used.
+    #[arg(long, env = "ROOMCAST_REDIS", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis channel name (channel = prefix + room).
+    #[arg(long, env = "ROOMCAST_CHANNEL_PREFIX", default_value = "")]
+    pub channel_prefix: String,
+
+    /// Largest client frame in bytes; larger closes with 1009.
+    #[arg(long, env = "ROOMCAST_MAX_FRAME_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(64..=16 * 1024 * 1024))]
+    pub max_frame_bytes: u64,
+
+    /// Longest room name in bytes.
+    #[arg(long, env = "ROOMCAST_MAX_ROOM_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_room_bytes: u64,
+
+    /// Most rooms one connection may join.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONN", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_rooms_per_conn: u64,
+
+    /// Bytes queued for one connection before it is closed as a slow consumer.
+    #[arg(long, env = "ROOMCAST_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_outbound_bytes: u64,
+
+    /// Messages held while Redis is unreachable; more are dropped and counted.
+    #[arg(long, env = "ROOMCAST_PUBLISH_BUFFER", default_value_t = 10_000)]
+    pub publish_buffer: usize,
+
+    /// Most simultaneous connections (WebSocket and HTTP); more are refused.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Time a new connection has to complete its HTTP/WebSocket handshake (e.g. 10s, 500ms).
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for clients to finish their close handshakes.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Timeout for connecting to Redis.
+    #[arg(long, env = "ROOMCAST_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub redis_connect_timeout: Duration,
+
+    /// Interval between Redis health pings.
+    #[arg(long, env = "ROOMCAST_REDIS_PING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub redis_ping_interval: Duration,
+
+    /// A Redis ping or publish unanswered this long means Redis is lost.
+    #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// First reconnect delay (doubles per failure, with jitter).
+    #[arg(long, env = "ROOMCAST_RECONNECT_MIN", default_value = "100ms", value_parser = parse_duration)]
+    pub reconnect_min: Duration,
+
+    /// Longest reconnect delay.
+    #[arg(long, env = "ROOMCAST_RECONNECT_MAX", default_value = "5s", value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// Do not serve the chat page at GET /.
+    #[arg(long, env = "ROOMCAST_NO_CHAT_PAGE")]
+    pub no_chat_page: bool,
+}
+
+impl Cli {
+    /// The hub settings these flags describe. `seed` feeds the reconnect jitter.
+    pub fn hub_config(&self, seed: u64) -> HubConfig {
+        HubConfig {
+            limits: Limits {
+                max_frame_bytes: self.max_frame_bytes as usize,
+                max_room_bytes: self.max_room_bytes as usize,
+                max_rooms_per_conn: self.max_rooms_per_conn as usize,
+                max_outbound_bytes: self.max_outbound_bytes as usize,
+                publish_buffer: self.publish_buffer,
+            },
+            channel_prefix: self.channel_prefix.clone(),
+            backoff_base: self.reconnect_min,
+            backoff_max: self.reconnect_max.max(self.reconnect_min),
+            jitter_seed: seed,
+            connect_timeout: self.redis_connect_timeout,
+            ping_interval: self.redis_ping_interval,
+            ping_timeout: self.redis_timeout,
+            ..HubConfig::default()
+        }
+    }
+
+    /// Defaults, as if run with no flags (for embedding and tests).
+    pub fn defaults() -> Cli {
+        Cli::parse_from(["roomcast"])
+    }
+
+    /// The one line logged at start.
+    pub fn describe(&self, listen: SocketAddr) -> String {
+        let broker = match &self.redis {
+            Some(url) => format!("Redis at {}", redact(url)),
+            None => "the embedded single-node broker (no --redis given)".into(),
+        };
+        let page = if self.no_chat_page {
+            String::new()
+        } else {
+            format!("; chat page at http://{listen}/")
+        };
+        format!("roomcast listening on ws://{listen} using {broker}{page}")
+    }
+}
+
+/// Hides a password in a Redis URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let scheme = s.split("://").next().unwrap_or("");
+    if !s.contains("://") || !matches!(scheme, "redis" | "unix" | "redis+unix") {
+        return Err(format!(
+            "unsupported Redis URL {s:?}: expected redis://host:port or unix:///path"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Parses `250ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_core_defaults() {
+        let cli = Cli::defaults();
+        assert_eq!(cli.listen, "127.0.0.1:8080".parse().unwrap());
+        let cfg = cli.hub_config(HubConfig::default().jitter_seed);
+        assert_eq!(cfg, HubConfig::default());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
+        assert!(parse_redis_url("http://x").is_err());
+        assert!(parse_redis_url("localhost:6379").is_err());
+        assert_eq!(redact("redis://:pw@h:1"), "redis://***@h:1");
+    }
+
+    #[test]
+    fn flags() {
+        let cli = Cli::try_parse_from([
+            "roomcast",
+            "--listen",
+            "0.0.0.0:9000",
+            "--redis",
+            "redis://127.0.0.1:7000",
+            "--max-frame-bytes",
+            "1024",
+            "--no-chat-page",
+        ])
+        .unwrap();
+        assert_eq!(cli.hub_config(0).limits.max_frame_bytes, 1024);
+        assert!(cli.no_chat_page);
+        assert!(Cli::try_parse_from(["roomcast", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["roomcast", "--redis", "http://x"]).is_err());
+    }
+}

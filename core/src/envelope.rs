@@ -1,0 +1,156 @@
+//! The broker wire format, identical to the tutorial server's.
+//!
+//! A message for room R is published on channel `prefix + R` with payload
+//! `{"type":"sendMessage","roomId":R,"message":M}` (the client's own frame
+//! format). Anything may publish there: other roomcast nodes, the tutorial's
+//! Node.js server, or a backend with `redis-cli PUBLISH`.
+
+use std::borrow::Cow;
+
+use crate::protocol::{self, ClientFrame, Message};
+
+/// Why a broker payload was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    #[error("channel does not carry the configured prefix")]
+    ForeignChannel,
+    #[error("payload is not valid UTF-8")]
+    NotUtf8,
+    #[error("payload is not valid JSON")]
+    NotJson,
+    #[error("payload is not a sendMessage")]
+    NotSendMessage,
+    #[error("payload has no roomId or message")]
+    MissingField,
+    #[error("payload roomId does not match its channel")]
+    RoomMismatch,
+}
+
+/// A parsed broker payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub room: Cow<'a, str>,
+    pub message: Message<'a>,
+}
+
+impl Envelope<'_> {
+    /// The payload to publish.
+    pub fn encode(&self) -> String {
+        protocol::encode_send_message(&self.room, &self.message)
+    }
+}
+
+/// The channel name for a room.
+pub fn channel_for(prefix: &str, room: &str) -> String {
+    let mut c = String::with_capacity(prefix.len() + room.len());
+    c.push_str(prefix);
+    c.push_str(room);
+    c
+}
+
+/// The room a channel carries, if it carries the prefix.
+pub fn room_of_channel<'a>(prefix: &str, channel: &'a [u8]) -> Option<&'a [u8]> {
+    channel.strip_prefix(prefix.as_bytes())
+}
+
+/// Parses a broker payload. Room-name limits are not applied: what arrives
+/// from the broker was published by a trusted party, and delivery only
+/// reaches rooms that local members joined under the limits anyway.
+pub fn parse_envelope(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    let text = std::str::from_utf8(payload).map_err(|_| EnvelopeError::NotUtf8)?;
+    let limits = crate::config::Limits {
+        max_frame_bytes: usize::MAX,
+        max_room_bytes: usize::MAX,
+        ..Default::default()
+    };
+    match protocol::parse_client_frame(text.as_bytes(), &limits) {
+        Ok(ClientFrame::SendMessage { room, message }) => Ok(Envelope { room, message }),
+        Ok(_) => Err(EnvelopeError::NotSendMessage),
+        Err(protocol::FrameError::NotJson | protocol::FrameError::NotObject) => {
+            Err(EnvelopeError::NotJson)
+        }
+        Err(protocol::FrameError::MissingType | protocol::FrameError::UnknownType) => {
+            Err(EnvelopeError::NotSendMessage)
+        }
+        Err(_) => Err(EnvelopeError::MissingField),
+    }
+}
+
+/// Parses a payload that arrived on `channel`, checking that it is for the
+/// room that channel carries.
+pub fn parse_for_channel<'a>(
+    prefix: &str,
+    channel: &[u8],
+    payload: &'a [u8],
+) -> Result<Envelope<'a>, EnvelopeError> {
+    let room = room_of_channel(prefix, channel).ok_or(EnvelopeError::ForeignChannel)?;
+    let env = parse_envelope(payload)?;
+    if env.room.as_bytes() != room {
+        return Err(EnvelopeError::RoomMismatch);
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_payload() {
+        // What the tutorial's publishClient.publish(roomId, JSON.stringify(...)) sends.
+        let p = br#"{"type":"sendMessage","roomId":"room1","message":"hello"}"#;
+        let env = parse_for_channel("", b"room1", p).unwrap();
+        assert_eq!(env.room, "room1");
+        assert_eq!(env.message.delivered(), "hello");
+        assert_eq!(env.encode().as_bytes(), p);
+    }
+
+    #[test]
+    fn prefix() {
+        assert_eq!(channel_for("rc:", "a"), "rc:a");
+        assert_eq!(room_of_channel("rc:", b"rc:a"), Some(&b"a"[..]));
+        let p = br#"{"type":"sendMessage","roomId":"a","message":1}"#;
+        assert!(parse_for_channel("rc:", b"rc:a", p).is_ok());
+        assert_eq!(
+            parse_for_channel("rc:", b"a", p),
+            Err(EnvelopeError::ForeignChannel)
+        );
+    }
+
+    #[test]
+    fn bad_payloads() {
+        let cases: &[(&[u8], EnvelopeError)] = &[
+            (b"\xff", EnvelopeError::NotUtf8),
+            (b"hello", EnvelopeError::NotJson),
+            (b"[]", EnvelopeError::NotJson),
+            (
+                br#"{"type":"SUBSCRIBE","room":"r"}"#,
+                EnvelopeError::NotSendMessage,
+            ),
+            (br#"{"roomId":"r"}"#, EnvelopeError::NotSendMessage),
+            (
+                br#"{"type":"sendMessage","roomId":"r"}"#,
+                EnvelopeError::MissingField,
+            ),
+            (
+                br#"{"type":"sendMessage","roomId":"other","message":"x"}"#,
+                EnvelopeError::RoomMismatch,
+            ),
+        ];
+        for (p, e) in cases {
+            assert_eq!(parse_for_channel("", b"r", p).as_ref().err(), Some(e));
+        }
+    }
+
+    #[test]
+    fn long_room_names_from_the_broker_are_accepted() {
+        let room = "x".repeat(1000);
+        let env = Envelope {
+            room: room.as_str().into(),
+            message: Message::Text("m".into()),
+        };
+        let enc = env.encode();
+        assert_eq!(parse_envelope(enc.as_bytes()).unwrap(), env);
+    }
+}

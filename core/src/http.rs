@@ -1,0 +1,164 @@
+//! The plain-HTTP side of the listening port: which request gets a WebSocket
+//! and which gets a response, decided from the request head alone.
+
+/// How much request head the runtimes read before giving up (8 KiB).
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A WebSocket upgrade, at any path: hand the connection to the handshake.
+    Upgrade,
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /`: the chat page.
+    Index,
+    /// Anything else that is well-formed HTTP: 404.
+    NotFound,
+    /// A method other than GET or HEAD on a known path: 405.
+    MethodNotAllowed,
+}
+
+/// The outcome of looking at the bytes received so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The head is not complete: read more (up to [`MAX_HEAD_BYTES`]).
+    Incomplete,
+    /// Complete. `head_only` is set for HEAD requests.
+    Route { route: Route, head_only: bool },
+    /// Not HTTP, or a head larger than the limit: drop the connection at once.
+    Invalid,
+}
+
+/// Routes a request from its first bytes. `index` says whether `GET /`
+/// serves the chat page.
+pub fn route(buf: &[u8], index: bool) -> Decision {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {
+            return Decision::Incomplete;
+        }
+        _ => return Decision::Invalid,
+    }
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    let upgrade = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && std::str::from_utf8(h.value).is_ok_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+            })
+    });
+    if upgrade && method == "GET" {
+        return Decision::Route {
+            route: Route::Upgrade,
+            head_only: false,
+        };
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let known = match path {
+        "/healthz" => Some(Route::Health),
+        "/metrics" => Some(Route::Metrics),
+        "/" if index => Some(Route::Index),
+        _ => None,
+    };
+    let route = match (known, method) {
+        (None, _) => Route::NotFound,
+        (Some(r), "GET" | "HEAD") => r,
+        (Some(_), _) => Route::MethodNotAllowed,
+    };
+    Decision::Route {
+        route,
+        head_only: method == "HEAD",
+    }
+}
+
+/// A complete HTTP/1.1 response that closes the connection.
+pub fn response(status: u16, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
+    }
+
+    fn routed(route: Route) -> Decision {
+        Decision::Route {
+            route,
+            head_only: false,
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&get("/healthz"), true), routed(Route::Health));
+        assert_eq!(route(&get("/metrics?x=1"), true), routed(Route::Metrics));
+        assert_eq!(route(&get("/"), true), routed(Route::Index));
+        assert_eq!(route(&get("/"), false), routed(Route::NotFound));
+        assert_eq!(route(&get("/nope"), true), routed(Route::NotFound));
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n", true),
+            routed(Route::MethodNotAllowed)
+        );
+        assert_eq!(
+            route(b"HEAD /healthz HTTP/1.1\r\n\r\n", true),
+            Decision::Route {
+                route: Route::Health,
+                head_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn upgrade_at_any_path() {
+        let req = b"GET /anything HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert_eq!(route(req, true), routed(Route::Upgrade));
+    }
+
+    #[test]
+    fn partial_and_garbage() {
+        assert_eq!(
+            route(b"GET /healthz HTTP/1.1\r\nHo", true),
+            Decision::Incomplete
+        );
+        assert_eq!(route(b"\x16\x03\x01\x02\x00", true), Decision::Invalid);
+        assert_eq!(route(b"hello there\r\n\r\n", true), Decision::Invalid);
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert_eq!(route(&big, true), Decision::Invalid);
+    }
+
+    #[test]
+    fn response_format() {
+        let r = response(503, "text/plain", b"down\n", false);
+        let s = String::from_utf8(r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(s.ends_with("\r\n\r\ndown\n"));
+        assert!(s.contains("content-length: 5\r\n"));
+        let h = response(200, "text/plain", b"ok", true);
+        assert!(h.ends_with(b"\r\n\r\n"));
+    }
+}

@@ -1,0 +1,59 @@
+//! # roomcast-core
+//!
+//! The sans-IO core of roomcast: the client protocol, the broker envelope,
+//! and the [`Hub`] — a deterministic state machine that owns connections,
+//! room memberships, broker subscriptions and the broker session. No
+//! sockets, no async runtime, no threads, no clock: time comes in as a
+//! [`Duration`](std::time::Duration) since an origin the caller chooses.
+//!
+//! ## Driving contract
+//!
+//! 1. Create the hub with [`Hub::new`]. Its first command is
+//!    [`Command::BrokerConnect`].
+//! 2. Feed every event through exactly one input method:
+//!    [`Hub::handle_open`], [`Hub::handle_frame`], [`Hub::handle_close`],
+//!    [`Hub::handle_outbound_full`], [`Hub::handle_broker_message`],
+//!    [`Hub::handle_broker_connected`], [`Hub::handle_broker_disconnected`],
+//!    [`Hub::handle_broker_pong`], [`Hub::handle_timeout`],
+//!    [`Hub::handle_shutdown`].
+//! 3. **After every input, drain [`Hub::poll_command`] until it returns
+//!    `None`**, executing the commands in the order given: they form one
+//!    FIFO, so a `Close` never overtakes the `SendTo`s queued before it and a
+//!    `BrokerSubscribe` never overtakes the `BrokerPublish` it precedes.
+//! 4. Call [`Hub::handle_timeout`] no later than [`Hub::poll_timeout`]
+//!    (re-read it after each input; calling early is harmless).
+//!
+//! Misbehaving peers are not API errors: the hub answers them with
+//! [`Command::Close`] and a reason. Ids the hub does not know (closed
+//! connections, stale broker sessions) are ignored, so late events are safe.
+//!
+//! While the broker is down the hub emits no subscription commands; when a
+//! session comes up it subscribes every room that has members, in batches of
+//! [`HubConfig::subscribe_batch`] channels, then publishes what it held
+//! (bounded by [`Limits::publish_buffer`]).
+//!
+//! ## Runtimes
+//!
+//! [`Node`] wraps a hub with what both runtimes need around it: byte-bounded
+//! per-connection outboxes, the broker command queue, the embedded
+//! single-node broker, and `std::task::Waker` hooks for the tasks that drain
+//! them. `roomcast-tokio` and `roomcast-smol` only move bytes.
+
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{HubConfig, Limits};
+pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
+pub use node::{BrokerMode, IoStats, Node, Outgoing};
+pub use protocol::{ClientFrame, FrameError, Message};

@@ -1,0 +1,104 @@
+//! Property tests of the parsers: encode→parse round trips, and arbitrary
+//! input never panics.
+
+use proptest::prelude::*;
+use roomcast_core::envelope::{self, Envelope};
+use roomcast_core::protocol::{ClientFrame, Message, compact_json, parse_client_frame};
+use roomcast_core::{Hub, HubConfig, Inbound, Limits};
+use std::time::Duration;
+
+fn room() -> impl Strategy<Value = String> {
+    // Any Unicode, 1..=64 chars: within the 256-byte default.
+    proptest::string::string_regex(".{1,64}").expect("valid regex")
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        ".*".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn message() -> impl Strategy<Value = Message<'static>> {
+    prop_oneof![
+        ".*".prop_map(|s| Message::Text(s.into())),
+        json_value()
+            .prop_filter("non-string", |v| !v.is_string())
+            .prop_map(|v| Message::Json(v.to_string().into())),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = ClientFrame<'static>> {
+    prop_oneof![
+        room().prop_map(|r| ClientFrame::Subscribe { room: r.into() }),
+        room().prop_map(|r| ClientFrame::Unsubscribe { room: r.into() }),
+        (room(), message()).prop_map(|(r, m)| ClientFrame::SendMessage {
+            room: r.into(),
+            message: m
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_frames_round_trip(f in frame()) {
+        let enc = f.encode();
+        let parsed = parse_client_frame(enc.as_bytes(), &Limits::default()).unwrap();
+        prop_assert_eq!(parsed, f);
+    }
+
+    #[test]
+    fn envelopes_round_trip(r in room(), m in message()) {
+        let env = Envelope { room: r.into(), message: m };
+        let enc = env.encode();
+        let parsed = envelope::parse_envelope(enc.as_bytes()).unwrap();
+        prop_assert_eq!(parsed, env);
+    }
+
+    #[test]
+    fn pretty_printed_messages_are_delivered_compact(v in json_value()) {
+        prop_assume!(!v.is_string());
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let frame = format!("{{\"type\":\"sendMessage\",\"roomId\":\"r\",\"message\":{pretty}}}");
+        let parsed = parse_client_frame(frame.as_bytes(), &Limits::default()).unwrap();
+        let ClientFrame::SendMessage { message, .. } = parsed else { panic!() };
+        prop_assert_eq!(message.delivered(), v.to_string());
+    }
+
+    #[test]
+    fn compacting_is_idempotent_and_keeps_the_value(v in json_value()) {
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let once = compact_json(&pretty).into_owned();
+        prop_assert_eq!(compact_json(&once).into_owned(), once.clone());
+        prop_assert_eq!(once, v.to_string());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_client_frame(&bytes, &Limits::default());
+        let _ = envelope::parse_envelope(&bytes);
+        let _ = roomcast_core::http::route(&bytes, true);
+        let mut hub = Hub::new(HubConfig::default(), Duration::ZERO);
+        let id = hub.handle_open();
+        hub.handle_frame(id, Inbound::Text(&bytes));
+        hub.handle_broker_message(&bytes, &bytes);
+    }
+
+    #[test]
+    fn json_shaped_garbage_never_panics(s in r#"[{}\[\]",:a-z0-9 \\]{0,64}"#) {
+        let _ = parse_client_frame(s.as_bytes(), &Limits::default());
+        let _ = envelope::parse_envelope(s.as_bytes());
+    }
+}
