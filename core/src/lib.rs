@@ -57,3 +57,6 @@ pub use config::{HubConfig, Limits};
 pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
 pub use node::{BrokerMode, IoStats, Node, Outgoing};
 pub use protocol::{ClientFrame, FrameError, Message};
+
+/// The chat page served at `GET /` (HTML, CSS and JS in one file).
+pub const CHAT_PAGE: &str = include_str!("../assets/chat.html");
