@@ -53,11 +53,18 @@ struct Outbox {
     abort: bool,
     close_taken: bool,
     waker: Option<Waker>,
+    abort_waker: Option<Waker>,
 }
 
 impl Outbox {
     fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+        if self.abort
+            && self.close.is_some()
+            && let Some(w) = self.abort_waker.take()
+        {
             w.wake();
         }
     }
@@ -236,6 +243,19 @@ impl Node {
         }
         ob.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Ready when the connection must be dropped at once (a slow consumer,
+    /// or unknown): lets a runtime interrupt a writer blocked on a full socket.
+    pub fn poll_abort(&mut self, conn: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+        match self.outboxes.get_mut(&conn) {
+            Some(ob) if ob.abort && ob.close.is_some() => Poll::Ready(()),
+            Some(ob) => {
+                ob.abort_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        }
     }
 
     /// Whether the hub has closed this connection (its writer may still be
@@ -452,8 +472,10 @@ mod tests {
         for c in [slow, fast] {
             n.frame(c, Inbound::Text(sub("r").as_bytes()));
         }
-        let (_count, w) = waker();
+        let (count, w) = waker();
         let mut cx = Context::from_waker(&w);
+        // The slow writer is stuck in a socket write: only the abort watch is registered.
+        assert!(n.poll_abort(slow, &mut cx).is_pending());
         for i in 0..5 {
             n.frame(
                 fast,
@@ -474,6 +496,9 @@ mod tests {
             })
         );
         assert!(!n.hub().is_open(slow));
+        assert!(count.0.load(Ordering::SeqCst) >= 1, "abort watch woken");
+        assert!(n.poll_abort(slow, &mut cx).is_ready());
+        assert!(n.poll_abort(fast, &mut cx).is_pending());
         assert_eq!(n.hub().counters().slow_consumer_closes, 1);
         assert_eq!(n.hub().members_of("r"), &[fast]);
     }

@@ -66,8 +66,8 @@ impl Shared {
 pub fn ws_config(cli: &Cli) -> WebSocketConfig {
     let frame = cli.max_frame_bytes as usize;
     WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .read_buffer_size(1024)
+        .write_buffer_size(4096)
         .max_write_buffer_size(cli.max_outbound_bytes as usize * 2 + frame + 1024)
         .max_message_size(Some(frame))
         .max_frame_size(Some(frame))
@@ -352,6 +352,9 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
                 }
             }
         };
+        // A slow consumer's writer may be stuck on a full socket: this
+        // fires when core drops it, so the task never waits for that write.
+        let abort = poll_fn(|cx| shared.node().poll_abort(id, cx));
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => match end {
@@ -360,6 +363,10 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
                 end => end,
             },
             end = &mut writer => end,
+            () = abort => match shared.node().queued_close(id) {
+                Some((code, reason)) => End::Close(code, reason.to_string(), true),
+                None => End::Broken,
+            },
         }
     };
     shared.node().closed(id);
