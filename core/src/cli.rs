@@ -11,7 +11,11 @@ use crate::config::{HubConfig, Limits};
 /// roomcast: WebSocket rooms over Redis Pub/Sub, wire-compatible with the
 /// tutorial server.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "WebSocket rooms over Redis Pub/Sub, wire-compatible with the tutorial server"
+)]
 pub struct Cli {
     /// Address to listen on (WebSocket at any path, plus /healthz, /metrics and /).
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
