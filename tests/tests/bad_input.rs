@@ -1,0 +1,235 @@
+//! Every bad-input rule closes the offending connection with its code and
+//! reason, is counted, and leaves everyone else on the node served.
+
+use roomcast_tests::{Client, Node, RedisServer, Runtime, scenarios};
+use tungstenite::Message;
+
+scenarios!(
+    bad_input_closes_only_the_offender,
+    frame_at_the_limit_is_accepted
+);
+
+enum Bad {
+    Text(String),
+    Binary,
+    /// A text frame of this many bytes.
+    Long(usize),
+}
+
+struct Case {
+    /// Valid frames sent first.
+    before: Vec<String>,
+    frame: Bad,
+    code: u16,
+    reason: &'static str,
+    label: &'static str,
+}
+
+fn case(frame: &str, reason: &'static str, label: &'static str) -> Case {
+    Case {
+        before: Vec::new(),
+        frame: Bad::Text(frame.to_string()),
+        code: 1008,
+        reason,
+        label,
+    }
+}
+
+fn subscribe(room: &str) -> String {
+    roomcast_tests::json!({"type": "SUBSCRIBE", "room": room}).to_string()
+}
+
+fn cases() -> Vec<Case> {
+    let long_room = "r".repeat(257);
+    // 256 bytes of UTF-8 in 128 characters: at the limit, accepted.
+    let max_room = "é".repeat(128);
+    vec![
+        case("hello", "frame is not valid JSON", "not_json"),
+        case(
+            r#"{"type":"SUBSCRIBE","room":"a""#,
+            "frame is not valid JSON",
+            "not_json",
+        ),
+        case(
+            r#"["SUBSCRIBE","a"]"#,
+            "frame is not a JSON object",
+            "not_object",
+        ),
+        case("42", "frame is not a JSON object", "not_object"),
+        case(r#"{"room":"a"}"#, "missing type", "missing_type"),
+        case(
+            r#"{"type":"JOIN","room":"a"}"#,
+            "unknown type",
+            "unknown_type",
+        ),
+        case(
+            r#"{"type":7,"room":"a"}"#,
+            "type must be a string",
+            "type_not_string",
+        ),
+        case(
+            r#"{"type":"SUBSCRIBE","room":"a","room":"b"}"#,
+            "frame has a duplicate field",
+            "duplicate_field",
+        ),
+        case(
+            r#"{"type":"sendMessage","message":"x"}"#,
+            "sendMessage: missing roomId",
+            "missing_field",
+        ),
+        case(
+            r#"{"type":"sendMessage","roomId":"a"}"#,
+            "sendMessage: missing message",
+            "missing_field",
+        ),
+        case(
+            r#"{"type":"UNSUBSCRIBE"}"#,
+            "UNSUBSCRIBE: missing room",
+            "missing_field",
+        ),
+        case(
+            r#"{"type":"SUBSCRIBE","room":5}"#,
+            "SUBSCRIBE: room must be a string",
+            "field_not_string",
+        ),
+        case(
+            r#"{"type":"sendMessage","roomId":null,"message":"x"}"#,
+            "sendMessage: roomId must be a string",
+            "field_not_string",
+        ),
+        case(
+            r#"{"type":"SUBSCRIBE","room":""}"#,
+            "room name is empty",
+            "room_empty",
+        ),
+        Case {
+            before: vec![subscribe(&max_room)],
+            ..case(
+                &subscribe(&long_room),
+                "room name longer than 256 bytes",
+                "room_too_long",
+            )
+        },
+        Case {
+            before: (0..256).map(|i| subscribe(&format!("many-{i}"))).collect(),
+            ..case(
+                &subscribe("many-256"),
+                "more than 256 rooms on one connection",
+                "too_many_rooms",
+            )
+        },
+        Case {
+            before: vec![subscribe("a")],
+            frame: Bad::Binary,
+            code: 1003,
+            reason: "binary frames are not supported",
+            label: "binary",
+        },
+        Case {
+            before: vec![subscribe("a")],
+            frame: Bad::Long(65537),
+            code: 1009,
+            reason: "frame larger than 65536 bytes",
+            label: "too_large",
+        },
+        Case {
+            before: Vec::new(),
+            frame: Bad::Long(200_000),
+            code: 1009,
+            reason: "frame larger than 65536 bytes",
+            label: "too_large",
+        },
+    ]
+}
+
+fn bad_input_closes_only_the_offender(rt: Runtime) {
+    let redis = RedisServer::start();
+    let node = Node::redis(rt, &redis, &[]);
+    let mut g1 = node.client();
+    let mut g2 = node.client();
+    g1.join("good");
+    g2.join("good");
+    redis.wait_numsub("good", 1);
+    let before = node.metrics();
+
+    let cases = cases();
+    let mut expected: std::collections::HashMap<&str, u64> = Default::default();
+    for (i, c) in cases.into_iter().enumerate() {
+        let mut bad: Client = node.client();
+        // (No `sync` here: it would join a room of its own. The node
+        // handles one connection's frames in order anyway.)
+        for f in &c.before {
+            bad.send_text(f);
+        }
+        match &c.frame {
+            Bad::Text(t) => bad.send_text(t),
+            Bad::Binary => bad.send_binary(b"\x00\x01binary"),
+            Bad::Long(n) => {
+                // The node may close before it has read the whole frame.
+                let _ = bad.send_raw_text_len(*n);
+            }
+        }
+        bad.expect_close(c.code, c.reason);
+        *expected.entry(c.label).or_default() += 1;
+
+        // Everyone else is still served.
+        let msg = format!("after case {i} ({})", c.reason);
+        g1.send("good", msg.as_str());
+        assert_eq!(g1.recv(), msg);
+        assert_eq!(g2.recv(), msg);
+    }
+
+    // Nothing of the closed connections is left.
+    redis.wait_numsub("many-0", 0);
+    redis.wait_numsub("a", 0);
+    assert_eq!(redis.numsub("good"), 1);
+    let after = node.wait_metric("roomcast_connections", |v| v == 2);
+    assert_eq!(after, 2);
+    let m = node.metrics();
+    for label in [
+        "too_large",
+        "binary",
+        "not_json",
+        "not_object",
+        "duplicate_field",
+        "missing_type",
+        "type_not_string",
+        "unknown_type",
+        "missing_field",
+        "field_not_string",
+        "room_empty",
+        "room_too_long",
+        "too_many_rooms",
+    ] {
+        assert_eq!(
+            m.bad_frames(label) - before.bad_frames(label),
+            expected.get(label).copied().unwrap_or(0),
+            "roomcast_bad_frames_total{{reason=\"{label}\"}}"
+        );
+    }
+    assert_eq!(m.get("roomcast_rooms"), 1);
+}
+
+/// A frame of exactly --max-frame-bytes is accepted and delivered; one byte
+/// more is refused. Also with a smaller configured limit.
+fn frame_at_the_limit_is_accepted(rt: Runtime) {
+    for (limit, flags) in [
+        (65536usize, &[][..]),
+        (1024, &["--max-frame-bytes", "1024"][..]),
+    ] {
+        let node = Node::embedded(rt, flags);
+        let mut a = node.client();
+        a.join("big");
+        let head = r#"{"type":"sendMessage","roomId":"big","message":""#;
+        let tail = r#""}"#;
+        let body = "m".repeat(limit - head.len() - tail.len());
+        let frame = format!("{head}{body}{tail}");
+        assert_eq!(frame.len(), limit);
+        a.send_text(&frame);
+        assert_eq!(a.recv(), body);
+
+        let frame = format!("{head}{body}m{tail}");
+        a.try_write(Message::text(frame)).expect("send");
+        a.expect_close(1009, &format!("frame larger than {limit} bytes"));
+    }
+}

@@ -1,0 +1,222 @@
+//! The real binaries (`roomcast-tokio`, `roomcast-smol`): the start line,
+//! serving, SIGTERM → 1001 "going away" and exit 0, flags from the
+//! environment, and one-line errors for bad flags.
+//!
+//! `cargo test -p roomcast-tests` does not build other packages' binaries,
+//! so the test builds the one it needs with the same `cargo` (it holds no
+//! lock while tests run) and takes its path from cargo's JSON output.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use roomcast_tests::{
+    Client, FAST_REDIS, RedisServer, Runtime, TIMEOUT, http_get, scenarios, spawn_child,
+};
+
+scenarios!(
+    binary_serves_and_stops_on_sigterm,
+    binary_with_redis_from_env,
+    binary_rejects_bad_flags
+);
+
+/// Builds `roomcast-<runtime>` once per test process and returns its path.
+fn binary(rt: Runtime) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+    let name = match rt {
+        Runtime::Tokio => "roomcast-tokio",
+        #[cfg(feature = "smol")]
+        Runtime::Smol => "roomcast-smol",
+    };
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--message-format=json", "-p", name, "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build -p {name} failed");
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no executable for {name}"));
+    built.insert(name, path.clone());
+    path
+}
+
+/// A running binary; its stderr lines arrive on `lines`.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(rt: Runtime, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(binary(rt));
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = spawn_child(&mut cmd).expect("run the binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[bin] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits for the start line and returns the address it names.
+    fn listening(&self) -> SocketAddr {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("no `roomcast listening on ws://…` line");
+            if let Some(rest) = line.split("roomcast listening on ws://").nth(1) {
+                let addr = rest.split(' ').next().unwrap();
+                return addr
+                    .parse()
+                    .unwrap_or_else(|_| panic!("address in {line:?}"));
+            }
+        }
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: kill(2) on our own unreaped child.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(r, 0);
+    }
+
+    /// Waits for the exit; returns the status code and every stderr line.
+    fn wait_exit(mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut lines = Vec::new();
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    lines.push(l);
+                }
+                return (status.code(), lines);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the binary did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary_serves_and_stops_on_sigterm(rt: Runtime) {
+    let p = Proc::spawn(rt, &["--listen", "127.0.0.1:0"], &[]);
+    let addr = p.listening();
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+    let mut a = Client::connect(addr);
+    let mut b = Client::connect(addr);
+    a.join("bin");
+    b.join("bin");
+    a.send("bin", "through the binary");
+    assert_eq!(b.recv(), "through the binary");
+    assert_eq!(a.recv(), "through the binary");
+
+    p.sigterm();
+    a.expect_close(1001, "going away");
+    b.expect_close(1001, "going away");
+    let (code, _) = p.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "exit status after SIGTERM");
+}
+
+fn binary_with_redis_from_env(rt: Runtime) {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(FAST_REDIS);
+    let p = Proc::spawn(
+        rt,
+        &args,
+        &[("ROOMCAST_REDIS", &url), ("ROOMCAST_CHANNEL_PREFIX", "rc:")],
+    );
+    let addr = p.listening();
+    roomcast_tests::wait_until("the binary reports Redis up", TIMEOUT, || {
+        http_get(addr, "/healthz").status == 200
+    });
+    let mut a = Client::connect(addr);
+    a.subscribe("env");
+    redis.wait_numsub("rc:env", 1);
+    redis.publish(
+        "rc:env",
+        &roomcast_tests::seed_payload("env", &roomcast_tests::json!("prefixed")),
+    );
+    assert_eq!(a.recv(), "prefixed");
+
+    p.sigterm();
+    a.expect_close(1001, "going away");
+    let (code, _) = p.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+    // It unsubscribed before it exited.
+    redis.wait_no_channels();
+}
+
+fn binary_rejects_bad_flags(rt: Runtime) {
+    let (code, lines) =
+        Proc::spawn(rt, &["--redis", "http://127.0.0.1:1"], &[]).wait_exit(Duration::from_secs(15));
+    assert_ne!(code, Some(0));
+    assert!(
+        lines.iter().any(|l| l.contains("unsupported Redis URL")),
+        "{lines:?}"
+    );
+
+    let (code, lines) =
+        Proc::spawn(rt, &["--handshake-timeout", "ten"], &[]).wait_exit(Duration::from_secs(15));
+    assert_ne!(code, Some(0));
+    assert!(
+        lines.iter().any(|l| l.contains("invalid duration")),
+        "{lines:?}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let (code, lines) =
+        Proc::spawn(rt, &["--listen", &taken_addr], &[]).wait_exit(Duration::from_secs(15));
+    assert_ne!(code, Some(0));
+    assert!(
+        lines.iter().any(|l| l.contains("cannot listen")),
+        "{lines:?}"
+    );
+
+    let (code, _) = Proc::spawn(rt, &["--help"], &[]).wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+}

@@ -1,0 +1,138 @@
+//! A member that never reads is closed as a slow consumer, while the other
+//! members get every message and the node's memory stays bounded.
+//!
+//! This file holds only these tests, and they take a lock: the memory check
+//! reads this process's resident set size.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use roomcast_tests::{Node, RedisServer, Runtime, rss_bytes, scenarios};
+
+scenarios!(slow_consumer_is_closed);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const MESSAGES: usize = 6144;
+const MESSAGE_BYTES: usize = 8 * 1024;
+/// Messages in flight at once: 32 KiB, half of --max-outbound-bytes, so a
+/// member that reads can never be taken for a slow one.
+const WINDOW: usize = 4;
+
+fn slow_consumer_is_closed(rt: Runtime) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    // Redis must not cut the node's subscriber off for falling behind.
+    redis.config_set("client-output-buffer-limit", "pubsub 0 0 0");
+    let node = Node::redis(rt, &redis, &["--max-outbound-bytes", "65536"]);
+    let mut fast1 = node.client();
+    let mut fast2 = node.client();
+    let mut slow = node.client();
+    for c in [&mut fast1, &mut fast2, &mut slow] {
+        c.join("firehose");
+    }
+    redis.wait_numsub("firehose", 1);
+
+    let payload = |i: usize| {
+        let head = format!("{i}:");
+        let mut m = head.clone();
+        m.push_str(&"x".repeat(MESSAGE_BYTES - head.len()));
+        m
+    };
+    // Warm up, then take the baseline.
+    for i in 0..WINDOW {
+        redis.publish(
+            "firehose",
+            &roomcast_tests::seed_payload("firehose", &payload(i).into()),
+        );
+    }
+    for c in [&mut fast1, &mut fast2] {
+        for i in 0..WINDOW {
+            assert!(c.recv().starts_with(&format!("{i}:")));
+        }
+    }
+    let baseline = rss_bytes();
+    let mut peak = baseline;
+
+    // `slow` never reads again. Publish in windows the fast members keep up
+    // with, so Redis never holds much and the node is the only buffer, until
+    // the node closes `slow` (or MESSAGES were sent), then 256 more.
+    let mut con = redis.conn();
+    let mut closed_at = None;
+    let mut end = MESSAGES;
+    let mut start = WINDOW;
+    while start < end {
+        let mut pipe = redis::pipe();
+        for i in start..start + WINDOW {
+            pipe.cmd("PUBLISH")
+                .arg("firehose")
+                .arg(roomcast_tests::seed_payload("firehose", &payload(i).into()))
+                .ignore();
+        }
+        pipe.exec(&mut con).expect("PUBLISH window");
+        for c in [&mut fast1, &mut fast2] {
+            for i in start..start + WINDOW {
+                let got = c.recv();
+                assert!(
+                    got.starts_with(&format!("{i}:")) && got.len() == MESSAGE_BYTES,
+                    "expected message {i}, got {:?}…",
+                    &got[..got.len().min(20)]
+                );
+            }
+        }
+        start += WINDOW;
+        if start.is_multiple_of(32 * WINDOW) {
+            peak = peak.max(rss_bytes());
+            if closed_at.is_none() && node.metric("roomcast_slow_consumer_closes_total") == 1 {
+                closed_at = Some(start);
+                end = (start + 256).min(MESSAGES);
+            }
+        }
+    }
+    peak = peak.max(rss_bytes());
+    let closed_at = closed_at.unwrap_or_else(|| {
+        panic!(
+            "the member that never reads was not closed after {} MiB",
+            (MESSAGES * MESSAGE_BYTES) >> 20
+        )
+    });
+    assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 1);
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "{}: slow consumer closed after {} KiB published; resident set grew by at most {} KiB",
+        rt.name(),
+        (closed_at * MESSAGE_BYTES) >> 10,
+        growth >> 10
+    );
+    // Unbounded, the node would hold nearly everything the slow member did
+    // not read: up to 48 MiB here.
+    assert!(
+        growth < 16 << 20,
+        "resident set grew by {growth} bytes before the slow consumer was closed"
+    );
+
+    // The slow member's connection is gone: what the kernel had buffered,
+    // then a close frame or a reset/EOF, never all the messages.
+    let mut received = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        match slow.next_event(deadline) {
+            Some(roomcast_tests::Event::Text(_)) => received += 1,
+            Some(roomcast_tests::Event::Close(f)) => break format!("close {f:?}"),
+            Some(roomcast_tests::Event::Gone(e)) => break format!("gone: {e}"),
+            Some(other) => panic!("slow consumer got {other:?}"),
+            None => panic!("the slow consumer's connection is still open"),
+        }
+    };
+    eprintln!("slow consumer: {received} messages, then {ended}");
+    assert!(received < MESSAGES, "the slow consumer got everything");
+    if ended.starts_with("close") {
+        assert_eq!(ended, "close Some((1008, \"slow consumer\"))");
+    }
+    assert_eq!(node.wait_metric("roomcast_connections", |v| v == 2), 2);
+
+    // The fast members are still served.
+    fast1.send("firehose", "still flowing");
+    assert_eq!(fast1.recv(), "still flowing");
+    assert_eq!(fast2.recv(), "still flowing");
+}
