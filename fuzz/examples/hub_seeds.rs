@@ -47,7 +47,7 @@ fn encode(ops: &[Op]) -> Vec<u8> {
         let v = variant(op);
         // The derive picks variant (u32 * VARIANTS) >> 32: take the smallest
         // u32 that lands on v.
-        let x = ((v << 32) + VARIANTS - 1) / VARIANTS;
+        let x = (v << 32).div_ceil(VARIANTS);
         out.extend_from_slice(&(x as u32).to_le_bytes());
         match *op {
             Op::Open | Op::BrokerPong | Op::Shutdown => {}
@@ -245,9 +245,12 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("create seeds dir");
     for (name, ops) in sequences() {
         let bytes = encode(&ops);
-        let decoded = Vec::<Op>::arbitrary_take_rest(Unstructured::new(&bytes))
-            .expect("seed decodes");
-        assert_eq!(decoded, ops, "{name}: encoding does not match arbitrary's decoding");
+        let decoded =
+            Vec::<Op>::arbitrary_take_rest(Unstructured::new(&bytes)).expect("seed decodes");
+        assert_eq!(
+            decoded, ops,
+            "{name}: encoding does not match arbitrary's decoding"
+        );
         // Each seed must run clean against the model.
         let mut harness = Harness::default();
         for op in &ops {
@@ -255,6 +258,11 @@ fn main() {
         }
         let path = dir.join(format!("{name}.bin"));
         std::fs::write(&path, &bytes).expect("write seed");
-        println!("{} ({} ops, {} bytes)", path.display(), ops.len(), bytes.len());
+        println!(
+            "{} ({} ops, {} bytes)",
+            path.display(),
+            ops.len(),
+            bytes.len()
+        );
     }
 }
