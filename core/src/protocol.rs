@@ -135,6 +135,8 @@ pub enum FrameError {
         command: Command,
         field: &'static str,
     },
+    #[error("string has an invalid \\u escape")]
+    BadEscape,
     #[error("room name is empty")]
     RoomEmpty,
     #[error("room name longer than {max} bytes")]
@@ -167,6 +169,7 @@ impl FrameError {
             FrameError::UnknownType => "unknown_type",
             FrameError::MissingField { .. } => "missing_field",
             FrameError::FieldNotString { .. } => "field_not_string",
+            FrameError::BadEscape => "bad_escape",
             FrameError::RoomEmpty => "room_empty",
             FrameError::RoomTooLong { .. } => "room_too_long",
             FrameError::TooManyRooms { .. } => "too_many_rooms",
@@ -174,7 +177,7 @@ impl FrameError {
     }
 
     /// Every label, for metrics that list each reason even at zero.
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "too_large",
         "binary",
         "not_utf8",
@@ -186,6 +189,7 @@ impl FrameError {
         "unknown_type",
         "missing_field",
         "field_not_string",
+        "bad_escape",
         "room_empty",
         "room_too_long",
         "too_many_rooms",
@@ -226,7 +230,7 @@ pub fn parse_client_frame<'a>(
     let text = std::str::from_utf8(input).map_err(|_| FrameError::NotUtf8)?;
     let raw = parse_raw(text)?;
     let ty = raw.ty.ok_or(FrameError::MissingType)?;
-    let ty: Cow<'a, str> = as_string(ty).ok_or(FrameError::TypeNotString)?;
+    let ty: Cow<'a, str> = as_string(ty)?.ok_or(FrameError::TypeNotString)?;
     let frame = match &*ty {
         "SUBSCRIBE" => ClientFrame::Subscribe {
             room: room_field(raw.room, Command::Subscribe, "room", limits)?,
@@ -268,15 +272,20 @@ fn parse_raw(text: &str) -> Result<RawFrame<'_>, FrameError> {
     }
 }
 
-/// A JSON string value, borrowed when it has no escapes.
-fn as_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// A JSON string value, borrowed when it has no escapes. `Ok(None)` when
+/// the value is not a string; `Err` when it is one that no Rust string can
+/// hold (a lone UTF-16 surrogate escape such as `"\ud800"`).
+fn as_string(raw: &RawValue) -> Result<Option<Cow<'_, str>>, FrameError> {
     let text = raw.get();
     if !text.starts_with('"') {
-        return None;
+        return Ok(None);
     }
     match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+        Ok(s) => Ok(Some(Cow::Borrowed(s))),
+        Err(_) => match serde_json::from_str::<String>(text) {
+            Ok(s) => Ok(Some(Cow::Owned(s))),
+            Err(_) => Err(FrameError::BadEscape),
+        },
     }
 }
 
@@ -287,7 +296,7 @@ fn room_field<'a>(
     limits: &Limits,
 ) -> Result<Cow<'a, str>, FrameError> {
     let raw = raw.ok_or(FrameError::MissingField { command, field })?;
-    let room = as_string(raw).ok_or(FrameError::FieldNotString { command, field })?;
+    let room = as_string(raw)?.ok_or(FrameError::FieldNotString { command, field })?;
     check_room(&room, limits)?;
     Ok(room)
 }
@@ -310,22 +319,10 @@ fn message_field(raw: Option<&RawValue>) -> Result<Message<'_>, FrameError> {
         command: Command::SendMessage,
         field: "message",
     })?;
-    Ok(message_from_raw(raw))
-}
-
-/// The message as delivered: a string unescaped, anything else compacted.
-pub(crate) fn message_from_raw(raw: &RawValue) -> Message<'_> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        // RawValue already validated it, so this cannot fail; fall back to the
-        // raw text rather than panic if it ever did.
-        match as_string(raw) {
-            Some(s) => Message::Text(s),
-            None => Message::Json(Cow::Borrowed(text)),
-        }
-    } else {
-        Message::Json(compact_json(text))
-    }
+    Ok(match as_string(raw)? {
+        Some(s) => Message::Text(s),
+        None => Message::Json(compact_json(raw.get())),
+    })
 }
 
 /// Removes the insignificant white space of a valid JSON text, keeping
@@ -597,6 +594,25 @@ mod tests {
         assert_eq!(err, FrameError::TooLarge { max: 10 });
         assert_eq!(err.close_code(), CLOSE_TOO_BIG);
         assert_eq!(err.to_string(), "frame larger than 10 bytes");
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_refused() {
+        for frame in [
+            r#"{"type":"sendMessage","roomId":"r","message":"\ud800"}"#,
+            r#"{"type":"SUBSCRIBE","room":"a\udc00b"}"#,
+            r#"{"type":"\ud800"}"#,
+        ] {
+            let err = parse(frame).unwrap_err();
+            assert_eq!(err, FrameError::BadEscape, "{frame}");
+            assert_eq!(err.to_string(), "string has an invalid \\u escape");
+        }
+        // Inside a JSON object message it is just text, delivered as written.
+        let f = parse(r#"{"type":"sendMessage","roomId":"r","message":{"a":"\ud800"}}"#).unwrap();
+        let ClientFrame::SendMessage { message, .. } = f else {
+            panic!()
+        };
+        assert_eq!(message.delivered(), r#"{"a":"\ud800"}"#);
     }
 
     #[test]
