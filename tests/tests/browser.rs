@@ -1,0 +1,517 @@
+//! The chat page (`GET /`) in a real browser: headless Chromium, driven over
+//! WebDriver (fantoccini → chromedriver), talks to two roomcast nodes that
+//! share one Redis. Page A on node 1 and page B on node 2 join the same room
+//! and chat both ways; then node 1 shuts down gracefully and page A shows
+//! "closed (1001 going away)" and its reconnect countdown.
+//!
+//! Screenshots of both pages go to `target/browser/` (`page-a.png`,
+//! `page-b.png` after the chat, `page-a-closed.png` after the shutdown).
+//!
+//! Needs `chromium` and `chromedriver` on PATH (Debian packages `chromium`
+//! and `chromium-driver`, which `.ci/run` installs); without them the test
+//! says why and passes without running.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use roomcast_tests::{Node, RedisServer, Runtime, Value, free_port, json, spawn_child, unique};
+
+/// The longest any one wait (a page state, a WebDriver command) may take.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The longest the whole test may take.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+const ROOM: &str = "browser-room";
+const FROM_A: &str = "Hello from node 1 — grüß dich!";
+const FROM_B: &str = "Hi! Node 2 here, got it.";
+
+#[test]
+fn chat_page_between_two_nodes_in_chromium() {
+    let (chromium, chromedriver) = match (which("chromium"), which("chromedriver")) {
+        (Some(c), Some(d)) => (c, d),
+        (c, _) => {
+            let missing = if c.is_none() {
+                "chromium"
+            } else {
+                "chromedriver"
+            };
+            eprintln!(
+                "SKIPPED: the browser test needs `chromium` and `chromedriver` on PATH \
+                 (Debian packages chromium and chromium-driver); `{missing}` is not there"
+            );
+            return;
+        }
+    };
+    let started = Instant::now();
+    // Started from this thread, which outlives everything that uses it; its
+    // Drop kills chromedriver and every browser process under it.
+    let driver = Driver::start(&chromedriver);
+    let webdriver = driver.url();
+    let profiles = driver.dir.clone();
+    let scenario = std::thread::Builder::new()
+        .name("browser".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(chat(&webdriver, &chromium, &profiles))
+        })
+        .expect("spawn the scenario thread");
+    while !scenario.is_finished() {
+        if started.elapsed() > TEST_LIMIT {
+            eprintln!("{}", driver.log_tail());
+            drop(driver);
+            panic!("the browser test was still running after {TEST_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(panic) = scenario.join() {
+        eprintln!("{}", driver.log_tail());
+        drop(driver);
+        std::panic::resume_unwind(panic);
+    }
+    drop(driver);
+    eprintln!("browser test passed in {:.1?}", started.elapsed());
+}
+
+async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
+    let redis = RedisServer::start();
+    let n1 = Node::redis(Runtime::Tokio, &redis, &[]);
+    let n2 = Node::redis(Runtime::Tokio, &redis, &[]);
+
+    let a = open_browser(webdriver, chromium, &profiles.join("a")).await;
+    let b = open_browser(webdriver, chromium, &profiles.join("b")).await;
+    bounded("open page A", a.goto(&format!("http://{}/", n1.addr()))).await;
+    bounded("open page B", b.goto(&format!("http://{}/", n2.addr()))).await;
+    assert_eq!(bounded("title of page A", a.title()).await, "roomcast");
+    wait_page(&a, "page A is connected", |p| p.is_open()).await;
+    wait_page(&b, "page B is connected", |p| p.is_open()).await;
+
+    // Both join the same room, each through its own node.
+    for (page, name) in [(&a, "alice"), (&b, "bob")] {
+        fill(page, "name", name).await;
+        fill(page, "room", ROOM).await;
+        click(page, "join").await;
+    }
+    // The room shows up in each page's list of joined rooms at once; the
+    // subscriptions reach Redis a little later.
+    for (page, what) in [(&a, "page A lists the room"), (&b, "page B lists the room")] {
+        wait_page(page, what, |p| p.rooms == [ROOM]).await;
+    }
+    redis.wait_numsub(ROOM, 2);
+
+    // A → B, across the two nodes.
+    fill(&a, "text", FROM_A).await;
+    click(&a, "send").await;
+    let line_a = format!("[{ROOM}] alice: {FROM_A}");
+    wait_page(&b, "page B shows A's message", |p| p.has(&line_a)).await;
+    // The input is cleared once the message is sent.
+    assert_eq!(page(&a).await.text, "");
+
+    // B → A.
+    fill(&b, "text", FROM_B).await;
+    click(&b, "send").await;
+    let line_b = format!("[{ROOM}] bob: {FROM_B}");
+    let shown_a = wait_page(&a, "page A shows B's reply", |p| p.messages.len() >= 2).await;
+    let shown_b = wait_page(&b, "page B shows its own reply", |p| p.messages.len() >= 2).await;
+    // Each page shows both lines once, in order, its own ones marked as such.
+    assert_eq!(
+        shown_a.messages,
+        [(line_a.clone(), true), (line_b.clone(), false)],
+        "page A"
+    );
+    assert_eq!(
+        shown_b.messages,
+        [(line_a, false), (line_b, true)],
+        "page B"
+    );
+
+    let shots = screenshot_dir();
+    screenshot(&a, &shots.join("page-a.png")).await;
+    screenshot(&b, &shots.join("page-b.png")).await;
+
+    // Record every change of page A's status line, so the short-lived
+    // "closed" state is seen even though the page soon tries to reconnect.
+    bounded("watch page A's status", a.execute(WATCH_STATUS_JS, vec![])).await;
+    let pending = n1.shutdown_in_background();
+    let closed = wait_for("page A shows its connection closed", async || {
+        let log = bounded("read page A's status log", a.execute(STATUS_LOG_JS, vec![])).await;
+        let first_closed = log
+            .as_array()
+            .expect("status log is an array")
+            .iter()
+            .find(|e| e["state"] == "closed")
+            .cloned();
+        (first_closed, log)
+    })
+    .await;
+    screenshot(&a, &shots.join("page-a-closed.png")).await;
+    assert_eq!(
+        closed["status"], "closed (1001 going away)",
+        "page A's first close: {closed}"
+    );
+    let retry = closed["retry"].as_str().unwrap_or_default();
+    assert!(
+        retry.starts_with("reconnecting in "),
+        "page A's retry line when closed: {closed}"
+    );
+    pending.wait(WAIT);
+
+    // Page B, on node 2, is untouched.
+    let p = page(&b).await;
+    assert!(p.is_open(), "page B after node 1 shut down: {p:?}");
+
+    bounded("end session A", a.close()).await;
+    bounded("end session B", b.close()).await;
+    drop(n2);
+    drop(redis);
+}
+
+// ---------------------------------------------------------------------------
+// The page
+// ---------------------------------------------------------------------------
+
+/// What a page shows, read in one round trip.
+#[derive(Debug, Clone)]
+struct Page {
+    status: String,
+    state: String,
+    retry: String,
+    /// The joined rooms' buttons, in order.
+    rooms: Vec<String>,
+    /// The message input's value.
+    text: String,
+    /// Each `.msg` line without its time, and whether it is marked `own`.
+    messages: Vec<(String, bool)>,
+}
+
+impl Page {
+    fn is_open(&self) -> bool {
+        self.status == "open" && self.state == "open" && self.retry.is_empty()
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.messages.iter().any(|(l, _)| l == line)
+    }
+}
+
+const PAGE_JS: &str = r#"
+const $ = (id) => document.getElementById(id);
+return {
+  status: $("status").textContent,
+  state: $("status").dataset.state || "",
+  retry: $("retry").textContent,
+  rooms: Array.from($("rooms").querySelectorAll("button"), (b) => b.textContent),
+  text: $("text").value,
+  messages: Array.from($("messages").querySelectorAll("li.msg"), (li) => [
+    Array.from(li.childNodes)
+      .filter((n) => n.nodeName !== "TIME")
+      .map((n) => n.textContent)
+      .join(""),
+    li.classList.contains("own"),
+  ]),
+};
+"#;
+
+const WATCH_STATUS_JS: &str = r#"
+const status = document.getElementById("status");
+const retry = document.getElementById("retry");
+window.statusLog = [];
+const note = () => window.statusLog.push({
+  status: status.textContent,
+  state: status.dataset.state || "",
+  retry: retry.textContent,
+});
+const watch = { childList: true, characterData: true, subtree: true, attributes: true };
+const observer = new MutationObserver(note);
+observer.observe(status, watch);
+observer.observe(retry, watch);
+"#;
+
+const STATUS_LOG_JS: &str = "return window.statusLog;";
+
+async fn page(browser: &Browser) -> Page {
+    let v = bounded("read the page", browser.execute(PAGE_JS, vec![])).await;
+    let s = |key: &str| {
+        v[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} in {v}"))
+            .to_string()
+    };
+    let list = |key: &str| -> &Vec<Value> { v[key].as_array().unwrap_or_else(|| panic!("{v}")) };
+    Page {
+        status: s("status"),
+        state: s("state"),
+        retry: s("retry"),
+        text: s("text"),
+        rooms: list("rooms")
+            .iter()
+            .map(|r| r.as_str().expect("room").to_string())
+            .collect(),
+        messages: list("messages")
+            .iter()
+            .map(|m| {
+                let text = m[0].as_str().expect("line text").to_string();
+                (text, m[1].as_bool().expect("own flag"))
+            })
+            .collect(),
+    }
+}
+
+/// Polls the page until `cond` holds; panics after [`WAIT`].
+async fn wait_page(browser: &Browser, what: &str, cond: impl Fn(&Page) -> bool) -> Page {
+    wait_for(what, async || {
+        let p = page(browser).await;
+        (cond(&p).then(|| p.clone()), p)
+    })
+    .await
+}
+
+/// Polls `probe` (which answers the value, once there is one, and what it
+/// saw) until it answers a value; panics after [`WAIT`] with the last thing
+/// it saw.
+async fn wait_for<T, S: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> (Option<T>, S),
+) -> T {
+    let mut last = None;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let (value, seen) = probe().await;
+            if let Some(v) = value {
+                return v;
+            }
+            last = Some(seen);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!("timed out after {WAIT:?} waiting until {what}; last saw {last:#?}")
+    })
+}
+
+/// Replaces an input's value by typing into it.
+async fn fill(browser: &Browser, id: &str, value: &str) {
+    let input = bounded(id, browser.find(Locator::Id(id))).await;
+    bounded(id, input.clear()).await;
+    bounded(id, input.send_keys(value)).await;
+}
+
+async fn click(browser: &Browser, id: &str) {
+    let button = bounded(id, browser.find(Locator::Id(id))).await;
+    bounded(id, button.click()).await;
+}
+
+async fn screenshot(browser: &Browser, path: &Path) {
+    let png = bounded("screenshot", browser.screenshot()).await;
+    std::fs::create_dir_all(path.parent().expect("a folder"))
+        .unwrap_or_else(|e| panic!("create the folder of {}: {e}", path.display()));
+    std::fs::write(path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// `target/browser`, in `CARGO_TARGET_DIR` if set, else in the workspace.
+fn screenshot_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace");
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    };
+    target.join("browser")
+}
+
+/// Awaits a WebDriver command; panics if it fails or takes over [`WAIT`].
+async fn bounded<T, E: Display>(what: &str, cmd: impl Future<Output = Result<T, E>>) -> T {
+    match tokio::time::timeout(WAIT, cmd).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: no answer within {WAIT:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The browser
+// ---------------------------------------------------------------------------
+
+/// A new Chromium session with a profile of its own in `profile`.
+async fn open_browser(webdriver: &str, chromium: &Path, profile: &Path) -> Browser {
+    std::fs::create_dir_all(profile).expect("create the browser profile folder");
+    let options = json!({
+        "binary": chromium,
+        "args": [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            format!("--user-data-dir={}", profile.display()),
+            "--window-size=1000,700",
+        ],
+    });
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert("goog:chromeOptions".into(), options);
+    bounded(
+        "start a Chromium session",
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(webdriver),
+    )
+    .await
+}
+
+/// A `chromedriver` on a free port, with a temporary folder for its log and
+/// the browsers' profiles. Dropping it kills chromedriver, every process
+/// under it (the browsers) and removes the folder.
+struct Driver {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Driver {
+    fn start(chromedriver: &Path) -> Driver {
+        let dir = std::env::temp_dir().join(unique("roomcast-browser"));
+        std::fs::create_dir_all(&dir).expect("create the browser test's folder");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.join("chromedriver.log")).expect("log file");
+            let mut cmd = Command::new(chromedriver);
+            cmd.arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                // A group of its own, so the browsers can be killed with it.
+                .process_group(0);
+            let mut child = spawn_child(&mut cmd)
+                .unwrap_or_else(|e| panic!("run {}: {e}", chromedriver.display()));
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Its port was taken meanwhile? Try another.
+                    last = format!("chromedriver exited ({status})\n{}", log_tail(&dir));
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Driver { port, dir, child };
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "chromedriver did not listen on {port} within {WAIT:?}\n{}",
+                        log_tail(&dir)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start chromedriver: {last}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_tail(&self) -> String {
+        log_tail(&self.dir)
+    }
+}
+
+fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("chromedriver.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!(
+        "chromedriver log (last lines):\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let root = self.child.id() as libc::pid_t;
+        // Freeze chromedriver and everything under it first (a stopped
+        // process starts no new ones and nothing gets re-parented), then
+        // kill them all.
+        let mut seen = HashSet::new();
+        for _ in 0..20 {
+            let new: Vec<_> = process_tree(root)
+                .into_iter()
+                .filter(|p| seen.insert(*p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                // SAFETY: plain kill(2) on a process of this test's own tree.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+            }
+        }
+        for &pid in &seen {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // And whatever else is left in chromedriver's process group.
+        // SAFETY: as above; the group is chromedriver's own (process_group(0)).
+        unsafe { libc::kill(-root, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `root` and its live descendants, from /proc.
+fn process_tree(root: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut children: HashMap<libc::pid_t, Vec<libc::pid_t>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let Some(ppid) = fields.next().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if state != "Z" && state != "X" {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Some(kids) = children.get(&tree[i]) {
+            tree.extend(kids);
+        }
+        i += 1;
+    }
+    tree
+}
+
+/// The first `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
