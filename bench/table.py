@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Turns roomcast-load JSON lines (labels SYSTEM/CASE/RUN) into the markdown
+comparison table of bench/compare.sh: medians per system and case, each
+roomcast figure with its ratio to the seed's, and the targets of issue 6."""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+NAMES = {"seed": "seed (Node)", "tokio": "roomcast-tokio", "smol": "roomcast-smol"}
+CASES = {
+    "A": "A: fanout, as fast as possible",
+    "B": "B: one room, as fast as possible",
+    "C": "C: idle connections",
+    "D": "D: fanout at 500 messages/s",
+}
+
+
+def load(path):
+    runs = defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            parts = r.get("label", "").split("/")
+            if len(parts) == 3:
+                runs[(parts[0], parts[1])].append(r)
+    return runs
+
+
+def med(rs, key):
+    vals = [key(r) for r in rs]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def worst(rs, key):
+    vals = [key(r) for r in rs]
+    return max(vals) if vals else None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not v.is_integer() and abs(v) < 100:
+        s = f"{v:,.2f}"
+    else:
+        s = f"{v:,.0f}"
+    return s + unit
+
+
+def describe(rs):
+    r = rs[0]
+    if r["scenario"] == "idle":
+        return f"{r['subscribers']:,} connections in {r['rooms']:,} rooms, held {r['held_s']:.0f} s"
+    what = (
+        f"{r['subscribers']:,} subscribers / {r['rooms']:,} rooms / "
+        f"{r['publishers']} publishers / {r['messages']:,} messages of {r['size']} B"
+    )
+    if r.get("rate"):
+        what += f" at {r['rate']:.0f}/s"
+    else:
+        what += f", window {r['window']}"
+    return what
+
+
+# (case, figure, key over one run, aggregate, unit, lower is better)
+FIGURES = [
+    ("A", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
+    ("A", "delivered of expected (worst run)", None, None, "", None),
+    ("A", "lost / duplicates / out of order (worst run)", None, None, "", None),
+    ("A", "latency p50 (ms)", lambda r: r["latency_us"]["p50"] / 1e3, med, "", True),
+    ("A", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
+    ("A", "peak RSS of both nodes (MiB)",
+     lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True),
+    ("B", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
+    ("B", "delivered of expected (worst run)", None, None, "", None),
+    ("B", "lost / duplicates / out of order (worst run)", None, None, "", None),
+    ("B", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
+    ("C", "RSS per connection (KiB)", lambda r: (r["mem_per_conn_bytes"] or 0) / 1024, med, "", True),
+    ("C", "connect rate (conn/s)", lambda r: r["connect_rate"], med, "", False),
+    ("C", "RSS of both nodes, connected (MiB)",
+     lambda r: sum(m["rss_connected_kib"] for m in r["node_mem"]) / 1024, med, "", True),
+    ("C", "peak RSS of both nodes (MiB)",
+     lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True),
+    ("D", "latency p50 (ms)", lambda r: r["latency_us"]["p50"] / 1e3, med, "", True),
+    ("D", "latency p90 (ms)", lambda r: r["latency_us"]["p90"] / 1e3, med, "", True),
+    ("D", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
+    ("D", "latency max (ms)", lambda r: r["latency_us"]["max"] / 1e3, med, "", True),
+    ("D", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
+    ("D", "lost / duplicates / out of order (worst run)", None, None, "", None),
+]
+
+
+def counts(rs):
+    lost = worst(rs, lambda r: r["lost"])
+    dup = worst(rs, lambda r: r["duplicates"])
+    ooo = worst(rs, lambda r: r["out_of_order"])
+    return f"{lost:,} / {dup:,} / {ooo:,}"
+
+
+def delivered(rs):
+    r = min(rs, key=lambda r: r["delivered"] - r["expected"])
+    return f"{r['delivered']:,} of {r['expected']:,}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--idle-max")
+    ap.add_argument("--date", default="")
+    ap.add_argument("--machine", default="")
+    ap.add_argument("--repeats", default="")
+    ap.add_argument("--quick", default="0")
+    ap.add_argument("--loadavg", default="")
+    ap.add_argument("--elapsed", default="")
+    ap.add_argument("--systems", default="seed tokio smol")
+    a = ap.parse_args()
+
+    runs = load(a.results)
+    systems = [s for s in a.systems.split() if any((s, c) in runs for c in CASES)]
+    out = []
+    w = out.append
+    w(f"## roomcast vs the seed{' (QUICK)' if a.quick == '1' else ''}")
+    w("")
+    w(f"- date: {a.date}")
+    w(f"- machine: {a.machine}; load generator, Redis and both nodes on it")
+    w(f"- each case: 2 fresh nodes per system on one Redis, median of {a.repeats} run(s); "
+      f"ratio = roomcast ÷ seed")
+    if a.loadavg:
+        w(f"- load average (1/5/15 min) before → after: {a.loadavg}")
+    if a.elapsed:
+        w(f"- whole script: {int(a.elapsed) // 60} min {int(a.elapsed) % 60} s")
+    w("")
+    for c, title in CASES.items():
+        rs = runs.get(("seed", c)) or next((runs[(s, c)] for s in systems if (s, c) in runs), None)
+        if rs:
+            w(f"- {title}: {describe(rs)}")
+    w("")
+    w("| case | figure | " + " | ".join(NAMES.get(s, s) for s in systems) + " |")
+    w("|---|---|" + "---:|" * len(systems))
+    for c, name, key, agg, unit, _lower in FIGURES:
+        if not any((s, c) in runs for s in systems):
+            continue
+        cells = []
+        base = None
+        if key and ("seed", c) in runs:
+            base = agg(runs[("seed", c)], key)
+        for s in systems:
+            rs = runs.get((s, c))
+            if not rs:
+                cells.append("—")
+                continue
+            if key is None:
+                cells.append(counts(rs) if name.startswith("lost") else delivered(rs))
+                continue
+            v = agg(rs, key)
+            cell = fmt(v, unit)
+            if s != "seed" and base and v is not None:
+                cell += f" ({v / base:.2f}×)"
+            cells.append(cell)
+        w(f"| {c} | {name} | " + " | ".join(cells) + " |")
+    w("")
+
+    # Targets of issue 6, per roomcast system.
+    def get(s, c, key):
+        rs = runs.get((s, c))
+        return med(rs, key) if rs else None
+
+    def clean(s, c):
+        rs = runs.get((s, c), [])
+        return bool(rs) and all(r["lost"] == 0 and r["duplicates"] == 0 for r in rs)
+
+    dps = lambda r: r["deliveries_per_s"]  # noqa: E731
+    p99 = lambda r: r["latency_us"]["p99"]  # noqa: E731
+    mem = lambda r: r["mem_per_conn_bytes"]  # noqa: E731
+    roomcast = [s for s in systems if s != "seed"]
+    if roomcast and "seed" in systems:
+        w("| target | " + " | ".join(NAMES.get(s, s) for s in roomcast) + " |")
+        w("|---|" + "---|" * len(roomcast))
+        rows = []
+        for c in ("A", "B"):
+            cells = []
+            for s in roomcast:
+                v, b = get(s, c, dps), get("seed", c, dps)
+                if v is None or not b:
+                    cells.append("—")
+                    continue
+                ok = v >= 4 * b and clean(s, c)
+                cells.append(f"{'met' if ok else 'MISSED'}: {v / b:.2f}×"
+                             f"{'' if clean(s, c) else ', with losses'}")
+            rows.append((f"{c}: deliveries/s ≥ 4× seed, nothing lost", cells))
+        cells = []
+        for s in roomcast:
+            v, b = get(s, "D", p99), get("seed", "D", p99)
+            if v is None or not b:
+                cells.append("—")
+                continue
+            cells.append(f"{'met' if v <= b / 5 else 'MISSED'}: {v / 1e3:,.1f} ms = 1/{b / max(v, 1e-9):.1f} of seed")
+        rows.append(("D: p99 ≤ 1/5 of seed", cells))
+        cells = []
+        for s in roomcast:
+            v = get(s, "C", mem)
+            if v is None:
+                cells.append("—")
+                continue
+            cells.append(f"{'met' if v <= 4096 else 'MISSED'}: {v / 1024:.2f} KiB")
+        rows.append(("C: ≤ 4 KiB RSS per idle subscribed connection", cells))
+        for name, cells in rows:
+            w(f"| {name} | " + " | ".join(cells) + " |")
+        w("")
+
+    if a.idle_max:
+        try:
+            im = json.loads(open(a.idle_max).read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            im = None
+        if im:
+            w(f"Idle-max (one roomcast-tokio node, nofile {im['nofile']:,}, two load processes): "
+              f"{im['connections']:,} of {im['attempted']:,} connections open "
+              f"({im['subscribed']:,} subscribed, {im['failures']:,} failed), "
+              f"RSS {im['rss_before_kib'] / 1024:.1f} → {im['rss_after_kib'] / 1024:.1f} MiB "
+              f"(peak {im['peak_kib'] / 1024:.1f} MiB) = "
+              f"**{im['mem_per_conn_bytes'] / 1024:.2f} KiB per connection**, "
+              f"~{im['connect_rate']:,} conn/s.")
+            w("")
+    bad = [r["label"] for rs in runs.values() for r in rs if not r["ok"]]
+    if bad:
+        w(f"Runs not OK (loss, duplicates, timeout or connection failures): {', '.join(sorted(bad))}")
+        w("")
+    sys.stdout.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
