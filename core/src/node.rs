@@ -217,6 +217,11 @@ impl Node {
     pub fn shutdown(&mut self) {
         self.hub.handle_shutdown();
         self.pump();
+        // The broker task must see the stop even when nothing was queued
+        // (the broker was down): see `poll_broker`.
+        if let Some(w) = self.broker_waker.take() {
+            w.wake();
+        }
     }
 
     // ----- outputs -----
@@ -264,9 +269,14 @@ impl Node {
         self.outboxes.get(&conn).is_none_or(|o| o.close.is_some())
     }
 
-    /// The broker task takes every queued broker command, or registers to be woken.
+    /// The broker task takes every queued broker command, or registers to be
+    /// woken. After shutdown, once everything queued has been taken, it is
+    /// ready with an empty list: the broker task's cue to finish.
     pub fn poll_broker(&mut self, cx: &mut Context<'_>) -> Poll<Vec<Command>> {
         if self.broker_queue.is_empty() {
+            if self.hub.broker_state() == crate::hub::BrokerState::Stopped {
+                return Poll::Ready(Vec::new());
+            }
             self.broker_waker = Some(cx.waker().clone());
             Poll::Pending
         } else {
@@ -521,6 +531,19 @@ mod tests {
             n.poll_broker(&mut cx),
             Poll::Ready(vec![Command::BrokerSubscribe(vec!["r".into()])])
         );
+    }
+
+    #[test]
+    fn broker_task_is_told_to_finish_at_shutdown_even_when_down() {
+        let mut n = Node::new(HubConfig::default(), BrokerMode::Remote, Duration::ZERO);
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let _ = n.poll_broker(&mut cx);
+        n.broker_disconnected(Session(1), Duration::ZERO);
+        assert!(n.poll_broker(&mut cx).is_pending());
+        n.shutdown();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(n.poll_broker(&mut cx), Poll::Ready(Vec::new()));
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub use roomcast_core::cli::Cli;
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// How many items a loop handles before yielding to the executor: smol has
+/// no cooperative budget, so without this one busy socket could starve the
+/// other half of its own connection task.
+const YIELD_EVERY: u32 = 16;
+
 /// State shared by every task of one node.
 struct Shared {
     node: Mutex<Node>,
@@ -383,6 +388,7 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
     let (mut tx, mut rx) = ws.split();
     let end = {
         let reader = async {
+            let mut budget = 0u32;
             while let Some(msg) = rx.next().await {
                 let input = match &msg {
                     Ok(Message::Text(t)) => Inbound::Text(t.as_bytes()),
@@ -401,12 +407,17 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
                     // Refused: stop reading; the writer sends the close.
                     return End::Broken;
                 }
-                // Lets the writer of this same task drain.
-                future::yield_now().await;
+                // Lets the writer of this same task drain now and then
+                // (smol has no cooperative budget of its own).
+                budget += 1;
+                if budget.is_multiple_of(YIELD_EVERY) {
+                    future::yield_now().await;
+                }
             }
             End::Broken
         };
         let writer = async {
+            let mut batches = 0u32;
             loop {
                 let out = poll_fn(|cx| shared.node().poll_outgoing(id, cx)).await;
                 match out {
@@ -421,7 +432,10 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
                         if tx.flush().await.is_err() {
                             return End::Broken;
                         }
-                        future::yield_now().await;
+                        batches += 1;
+                        if batches.is_multiple_of(YIELD_EVERY) {
+                            future::yield_now().await;
+                        }
                     }
                     Outgoing::Close {
                         code,
@@ -527,6 +541,10 @@ async fn broker_task(shared: Arc<Shared>, url: String) {
     let mut link: Option<Link> = None;
     loop {
         let cmds = poll_fn(|cx| shared.node().poll_broker(cx)).await;
+        if cmds.is_empty() {
+            // Shut down and everything executed.
+            return;
+        }
         let mut pipe = redis::pipe();
         let mut queued = 0usize;
         for cmd in cmds {
@@ -631,11 +649,15 @@ async fn connect(shared: &Arc<Shared>, client: &redis::Client, session: Session)
     let (sink, mut stream) = pubsub.split();
     let reader_shared = shared.clone();
     let reader = shared.spawn(async move {
+        let mut handled = 0u32;
         while let Some(msg) = stream.next().await {
             reader_shared
                 .node()
                 .broker_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
-            future::yield_now().await;
+            handled += 1;
+            if handled.is_multiple_of(YIELD_EVERY) {
+                future::yield_now().await;
+            }
         }
         warn!("Redis subscriber connection closed");
         let now = reader_shared.now();

@@ -476,6 +476,10 @@ async fn broker_task(shared: Arc<Shared>, url: String) {
     let mut link: Option<Link> = None;
     loop {
         let cmds = poll_fn(|cx| shared.node().poll_broker(cx)).await;
+        if cmds.is_empty() {
+            // Shut down and everything executed.
+            return;
+        }
         let mut pipe = redis::pipe();
         let mut queued = 0usize;
         for cmd in cmds {
