@@ -11,14 +11,14 @@
 //! writer, broker commands go to the broker queue — or, in local mode, to the
 //! embedded single-node broker, which answers them on the spot.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::config::HubConfig;
-use crate::hub::{Command, ConnId, Hub, Inbound, Session};
+use crate::hub::{Command, ConnId, ConnMap, Hub, Inbound, Session};
 
 /// Which broker the node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub struct Node {
     hub: Hub,
     mode: BrokerMode,
     now: Duration,
-    outboxes: HashMap<ConnId, Outbox>,
+    outboxes: ConnMap<Outbox>,
     local_subs: HashSet<String>,
     broker_queue: VecDeque<Command>,
     broker_waker: Option<Waker>,
@@ -100,7 +100,7 @@ impl Node {
             hub: Hub::new(cfg, now),
             mode,
             now,
-            outboxes: HashMap::new(),
+            outboxes: ConnMap::default(),
             local_subs: HashSet::new(),
             broker_queue: VecDeque::new(),
             broker_waker: None,
