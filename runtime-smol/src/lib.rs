@@ -317,13 +317,18 @@ async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream) {
     };
     match decision {
         Decision::Upgrade { key, head_len } => {
-            let accept =
-                async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let reply = http::switching_protocols(&accept);
-            if until(timer(), stream.write_all(&reply))
-                .await
-                .is_none_or(|r| r.is_err())
-            {
+            // Scoped so that the key, accept value and reply are freed before
+            // the connection's long life.
+            let written = {
+                let accept =
+                    async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                drop(key);
+                let reply = http::switching_protocols(&accept);
+                until(timer(), stream.write_all(&reply))
+                    .await
+                    .is_some_and(|r| r.is_ok())
+            };
+            if !written {
                 shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -466,9 +471,16 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
         future::or(future::or(reader, writer), abort).await
     };
     shared.node().closed(id);
-    let Ok(mut ws) = WebSocketStream::reunite(tx, rx) else {
+    let Ok(ws) = WebSocketStream::reunite(tx, rx) else {
         return;
     };
+    // Boxed: the close path's state (a drain buffer, timers, close futures)
+    // is allocated only when a connection ends, not held by every live
+    // connection's task.
+    Box::pin(finish(shared, ws, end)).await;
+}
+
+async fn finish(shared: Arc<Shared>, mut ws: Ws, end: End) {
     match end {
         End::Close(code, reason, abort) => {
             let frame = CloseFrame {
