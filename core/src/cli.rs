@@ -1,7 +1,8 @@
 //! The command line shared by both binaries (feature `cli`). Every flag can
 //! also be set by an environment variable `ROOMCAST_<FLAG>`.
 
-use std::net::SocketAddr;
+// `core::net`: the address type only; nothing here opens a socket.
+use core::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
