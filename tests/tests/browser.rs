@@ -1,6 +1,8 @@
 //! The chat page (`GET /`) in a real browser: headless Chromium, driven over
 //! WebDriver (fantoccini → chromedriver), talks to two roomcast nodes that
-//! share one Redis. Page A on node 1 and page B on node 2 join the same room
+//! share one Redis: node 1 on tokio, node 2 on smol (on tokio too without
+//! the `smol` feature), so each runtime serves the page and a browser's
+//! WebSocket. Page A on node 1 and page B on node 2 join the same room
 //! and chat both ways; then node 1 shuts down gracefully and page A shows
 //! "closed (1001 going away)" and its reconnect countdown.
 //!
@@ -86,7 +88,7 @@ fn chat_page_between_two_nodes_in_chromium() {
 async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     let redis = RedisServer::start();
     let n1 = Node::redis(Runtime::Tokio, &redis, &[]);
-    let n2 = Node::redis(Runtime::Tokio, &redis, &[]);
+    let n2 = Node::redis(*Runtime::ALL.last().expect("a runtime"), &redis, &[]);
 
     let a = open_browser(webdriver, chromium, &profiles.join("a")).await;
     let b = open_browser(webdriver, chromium, &profiles.join("b")).await;
