@@ -110,6 +110,25 @@ impl Cli {
         }
     }
 
+    /// The WebSocket layer's buffer sizes for these limits: an idle
+    /// connection holds a small read buffer, and no buffer is unbounded (the
+    /// write buffer holds at most two outboxes and one frame).
+    pub fn ws_buffers(&self) -> WsBuffers {
+        let frame = self.max_frame_bytes as usize;
+        WsBuffers {
+            read: 1024,
+            write: 4096,
+            max_write: self.max_outbound_bytes as usize * 2 + frame + 1024,
+            max_frame: frame,
+        }
+    }
+
+    /// At shutdown, how long to wait for every socket to finish its close
+    /// handshake: the grace, and a little for the sockets to be let go.
+    pub fn drain_wait(&self) -> Duration {
+        self.shutdown_grace + Duration::from_millis(500)
+    }
+
     /// Defaults, as if run with no flags (for embedding and tests).
     pub fn defaults() -> Cli {
         Cli::parse_from(["roomcast"])
@@ -130,6 +149,19 @@ impl Cli {
     }
 }
 
+/// Buffer sizes for the WebSocket library, from [`Cli::ws_buffers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsBuffers {
+    /// Read buffer (grows only for a larger frame).
+    pub read: usize,
+    /// Writes are buffered up to this before going to the socket.
+    pub write: usize,
+    /// The most bytes the write buffer may hold.
+    pub max_write: usize,
+    /// The largest frame and message accepted.
+    pub max_frame: usize,
+}
+
 /// Hides a password in a Redis URL.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -138,12 +170,53 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn parse_redis_url(s: &str) -> Result<String, String> {
-    let scheme = s.split("://").next().unwrap_or("");
-    if !s.contains("://") || !matches!(scheme, "redis" | "unix" | "redis+unix") {
-        return Err(format!(
-            "unsupported Redis URL {s:?}: expected redis://host:port or unix:///path"
-        ));
+/// Accepts what redis-rs (without TLS) accepts:
+/// `redis://[user][:password@]host[:port][/db][?query]` and
+/// `unix:///path[?query]` (or `redis+unix://`), so that a bad URL is a
+/// start-up error and never a node that silently cannot connect.
+/// (`tests/tests/binary.rs` checks it against redis-rs's own parser.)
+pub fn parse_redis_url(s: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("invalid Redis URL {s:?}: {why}"));
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return bad("expected redis://host:port or unix:///path");
+    };
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    match scheme {
+        "redis" => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let (host, port) = match host_port.strip_prefix('[') {
+                Some(v6) => match v6.split_once(']') {
+                    Some((h, p)) => (h, p.strip_prefix(':')),
+                    None => return bad("unclosed [ in the host"),
+                },
+                None => match host_port.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (host_port, None),
+                },
+            };
+            if host.is_empty() {
+                return bad("no host");
+            }
+            if host.contains(['/', '@', ' ']) {
+                return bad("bad host");
+            }
+            if let Some(p) = port
+                && p.parse::<u16>().is_err()
+            {
+                return bad("the port is not a number from 0 to 65535");
+            }
+            if !path.is_empty() && path.parse::<i64>().is_err() {
+                return bad("the database (the path) is not a number");
+            }
+        }
+        "unix" | "redis+unix" => {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return bad("expected unix:///absolute/path");
+            }
+        }
+        "rediss" => return bad("TLS (rediss://) is not supported"),
+        _ => return bad("expected redis://host:port or unix:///path"),
     }
     Ok(s.to_string())
 }
@@ -190,9 +263,31 @@ mod tests {
 
     #[test]
     fn redis_urls() {
-        assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
-        assert!(parse_redis_url("http://x").is_err());
-        assert!(parse_redis_url("localhost:6379").is_err());
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://localhost",
+            "redis://:pw@h:1/3",
+            "redis://user:pw@h:1/?protocol=resp3",
+            "redis://[::1]:6379/0",
+            "unix:///run/redis.sock",
+            "redis+unix:///run/redis.sock?db=2",
+        ] {
+            assert_eq!(parse_redis_url(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "http://x",
+            "localhost:6379",
+            "redis://",
+            "redis://:6379",
+            "redis://h:port",
+            "redis://h:70000",
+            "redis://h:1/db",
+            "redis://[::1",
+            "rediss://h:1",
+            "unix://relative",
+        ] {
+            assert!(parse_redis_url(bad).is_err(), "{bad} accepted");
+        }
         assert_eq!(redact("redis://:pw@h:1"), "redis://***@h:1");
     }
 

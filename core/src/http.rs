@@ -94,14 +94,102 @@ pub fn route(buf: &[u8], index: bool) -> Decision {
     }
 }
 
+/// Reads a new socket's request head: the runtime reads into [`buf`] and
+/// reports each read to [`advance`] until it says stop, then hands the reader
+/// to [`Node::answer`](crate::Node::answer). Holds at most
+/// [`MAX_HEAD_BYTES`] plus one read.
+///
+/// [`buf`]: HeadReader::buf
+/// [`advance`]: HeadReader::advance
+#[derive(Debug)]
+pub struct HeadReader {
+    buf: Vec<u8>,
+    filled: usize,
+    index: bool,
+    decision: Option<Decision>,
+}
+
+/// How much one read may take.
+const READ_CHUNK: usize = 1024;
+
+impl HeadReader {
+    /// `index`: whether `GET /` serves the chat page.
+    pub fn new(index: bool) -> HeadReader {
+        HeadReader {
+            buf: Vec::new(),
+            filled: 0,
+            index,
+            decision: None,
+        }
+    }
+
+    /// Where the next read goes.
+    pub fn buf(&mut self) -> &mut [u8] {
+        if self.buf.len() < self.filled + READ_CHUNK {
+            self.buf.resize(self.filled + READ_CHUNK, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// `n` bytes were read into [`HeadReader::buf`] (0: the stream ended).
+    /// Returns `true` when reading must stop: the head is complete, or is
+    /// not HTTP, or the stream ended.
+    pub fn advance(&mut self, n: usize) -> bool {
+        if self.decision.is_some() {
+            return true;
+        }
+        if n == 0 {
+            self.decision = Some(Decision::Invalid);
+            return true;
+        }
+        self.filled = (self.filled + n).min(self.buf.len());
+        match route(&self.buf[..self.filled], self.index) {
+            Decision::Incomplete => false,
+            d => {
+                self.decision = Some(d);
+                true
+            }
+        }
+    }
+
+    /// The decision (`None` when reading stopped early) and the bytes read.
+    pub(crate) fn into_parts(mut self) -> (Option<Decision>, Vec<u8>) {
+        self.buf.truncate(self.filled);
+        (self.decision, self.buf)
+    }
+}
+
+/// What a runtime does with a new socket, from [`Node::answer`](crate::Node::answer).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Write `response` (the `101`), then speak WebSocket on the socket;
+    /// `rest` is what the client sent past its head, already WebSocket bytes.
+    Upgrade { response: Vec<u8>, rest: Vec<u8> },
+    /// Write this response, then end the stream.
+    Respond(Vec<u8>),
+    /// Drop the socket at once.
+    Drop,
+}
+
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`
+/// (RFC 6455 §4.2.2: base64 of the SHA-1 of the key and a fixed GUID).
+pub fn accept_key(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = Sha1::default();
+    sha1.update(key.as_bytes());
+    sha1.update(WS_GUID);
+    data_encoding::BASE64.encode(&sha1.finalize())
+}
+
 /// The full response to a plain request, from the node's current state.
-pub fn respond(node: &crate::Node, io: &crate::IoStats, route: Route, head_only: bool) -> Vec<u8> {
+pub fn respond(node: &crate::Node, route: Route, head_only: bool) -> Vec<u8> {
     const TEXT: &str = "text/plain; charset=utf-8";
     match route {
         Route::Health if node.hub().broker_up() => response(200, TEXT, b"ok\n", head_only),
         Route::Health => response(503, TEXT, b"broker unavailable\n", head_only),
         Route::Metrics => {
-            let body = crate::metrics::render(node, io);
+            let body = crate::metrics::render(node);
             response(200, "text/plain; version=0.0.4", body.as_bytes(), head_only)
         }
         Route::Index => response(
@@ -117,8 +205,7 @@ pub fn respond(node: &crate::Node, io: &crate::IoStats, route: Route, head_only:
 }
 
 /// The `101 Switching Protocols` answer to an upgrade, given the
-/// `Sec-WebSocket-Accept` value derived from the client's key (SHA-1 and
-/// base64, which the WebSocket library computes).
+/// `Sec-WebSocket-Accept` value derived from the client's key ([`accept_key`]).
 pub fn switching_protocols(accept: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -223,14 +310,99 @@ mod tests {
 
     #[test]
     fn health_follows_the_broker() {
-        use crate::{BrokerMode, HubConfig, IoStats, Node};
-        let io = IoStats::default();
+        use crate::{BrokerMode, HubConfig, Node};
         let local = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
-        assert!(respond(&local, &io, Route::Health, false).starts_with(b"HTTP/1.1 200"));
+        assert!(respond(&local, Route::Health, false).starts_with(b"HTTP/1.1 200"));
         let remote = Node::new(HubConfig::default(), BrokerMode::Remote, Default::default());
-        assert!(respond(&remote, &io, Route::Health, false).starts_with(b"HTTP/1.1 503"));
-        let page = respond(&local, &io, Route::Index, false);
+        assert!(respond(&remote, Route::Health, false).starts_with(b"HTTP/1.1 503"));
+        let page = respond(&local, Route::Index, false);
         assert!(page.ends_with(crate::CHAT_PAGE.as_bytes()));
+    }
+
+    /// Feeds `input` to a reader in reads of at most `chunk` bytes, as a
+    /// runtime would; returns the reader once it says stop, or at the end.
+    fn read_head(input: &[u8], chunk: usize) -> (HeadReader, usize) {
+        let mut head = HeadReader::new(true);
+        let mut at = 0;
+        let mut reads = 0;
+        loop {
+            let buf = head.buf();
+            assert!(!buf.is_empty());
+            let n = buf.len().min(chunk).min(input.len() - at);
+            buf[..n].copy_from_slice(&input[at..at + n]);
+            at += n;
+            reads += 1;
+            if head.advance(n) {
+                return (head, reads);
+            }
+        }
+    }
+
+    #[test]
+    fn accept_key_is_rfc_6455s_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn head_reader_answers_an_upgrade_and_keeps_what_follows() {
+        use crate::{BrokerMode, HubConfig, Node};
+        let mut node = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
+        let mut req = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        req.extend_from_slice(b"\x81\x80ws");
+        for chunk in [1, 7, 1024] {
+            let (head, _) = read_head(&req, chunk);
+            let Reply::Upgrade { response, rest } = node.answer(head) else {
+                panic!("not an upgrade")
+            };
+            let response = String::from_utf8(response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 101 "));
+            assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+            // Read in one chunk, the WebSocket bytes came with the head.
+            if chunk == 1024 {
+                assert_eq!(rest, b"\x81\x80ws");
+            } else {
+                assert!(b"\x81\x80ws".starts_with(&rest));
+            }
+        }
+        assert_eq!(node.io_stats().handshake_failures, 0);
+        assert_eq!(node.io_stats().http_requests, 0);
+    }
+
+    #[test]
+    fn head_reader_routes_plain_requests_and_counts_failures() {
+        use crate::{BrokerMode, HubConfig, Node};
+        let mut node = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
+        let (head, reads) = read_head(&get("/healthz"), 5);
+        assert!(reads > 1);
+        let Reply::Respond(r) = node.answer(head) else {
+            panic!()
+        };
+        assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(node.io_stats().http_requests, 1);
+
+        // Not HTTP: stop at the first read and drop.
+        let (head, reads) = read_head(b"\x16\x03\x01\x02\x00 tls", 1024);
+        assert_eq!(reads, 1);
+        assert_eq!(node.answer(head), Reply::Drop);
+        // The stream ends before the head does.
+        let (head, _) = read_head(b"GET / HTTP/1.1\r\n", 1024);
+        assert_eq!(node.answer(head), Reply::Drop);
+        // Reading stopped early (timeout, read error): nothing decided.
+        let mut head = HeadReader::new(true);
+        head.buf()[..3].copy_from_slice(b"GET");
+        assert!(!head.advance(3));
+        assert_eq!(node.answer(head), Reply::Drop);
+        // A head over the limit is refused after at most one read past it.
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 4 * MAX_HEAD_BYTES));
+        let (head, reads) = read_head(&big, 1024);
+        assert!(reads <= MAX_HEAD_BYTES / 1024 + 1, "{reads} reads");
+        assert_eq!(node.answer(head), Reply::Drop);
+        assert_eq!(node.io_stats().handshake_failures, 4);
+        assert_eq!(node.io_stats().http_requests, 1);
     }
 
     #[test]

@@ -34,10 +34,19 @@
 //!
 //! ## Runtimes
 //!
-//! [`Node`] wraps a hub with what both runtimes need around it: byte-bounded
-//! per-connection outboxes, the broker command queue, the embedded
-//! single-node broker, and `std::task::Waker` hooks for the tasks that drain
-//! them. `roomcast-tokio` and `roomcast-smol` only move bytes.
+//! [`Node`] wraps a hub with what both runtimes need around it: socket
+//! admission, the request-head reader and its answer ([`Reply`]),
+//! byte-bounded per-connection outboxes, how a connection ends ([`Finish`]),
+//! the broker queue grouped into [`BrokerOp`]s, the embedded single-node
+//! broker, and `std::task::Waker` hooks for the tasks that drain them.
+//! `roomcast-tokio` and `roomcast-smol` only move bytes: a socket's life is
+//!
+//! 1. [`Node::admit`] → read into the [`HeadReader`] → [`Node::answer`];
+//! 2. on [`Reply::Upgrade`], [`Node::open`]; the reader feeds
+//!    [`Node::frame`] until it says stop, then asks [`Node::reading_ended`];
+//!    the writer drains [`Node::poll_outgoing`]; [`Node::poll_abort`]
+//!    interrupts it; whichever [`Finish`] comes first is carried out;
+//! 3. [`Node::closed`], then [`Node::socket_closed`].
 
 pub mod config;
 pub mod envelope;
@@ -54,8 +63,12 @@ pub mod cli;
 pub mod testing;
 
 pub use config::{HubConfig, Limits};
+pub use http::{HeadReader, Reply};
 pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
-pub use node::{BrokerMode, IoStats, Node, Outgoing};
+pub use node::{
+    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerMode, BrokerOp, Finish, IoStats,
+    Node, Outgoing,
+};
 pub use protocol::{ClientFrame, FrameError, Message};
 
 /// The chat page served at `GET /` (HTML, CSS and JS in one file).

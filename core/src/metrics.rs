@@ -2,12 +2,13 @@
 
 use std::fmt::Write;
 
-use crate::node::{IoStats, Node};
+use crate::node::Node;
 use crate::protocol::FrameError;
 
 /// Renders every metric of a node.
-pub fn render(node: &Node, io: &IoStats) -> String {
+pub fn render(node: &Node) -> String {
     let hub = node.hub();
+    let io = node.io_stats();
     let c = hub.counters();
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -21,6 +22,12 @@ pub fn render(node: &Node, io: &IoStats) -> String {
         "gauge",
         "Open WebSocket connections.",
         hub.connections() as u64,
+    );
+    metric(
+        "roomcast_sockets",
+        "gauge",
+        "Open sockets: WebSocket connections, plus handshakes, HTTP requests and closes in progress.",
+        node.sockets() as u64,
     );
     metric(
         "roomcast_connections_opened_total",
@@ -149,7 +156,7 @@ mod tests {
         n.frame(a, Inbound::Text(br#"{"type":"SUBSCRIBE","room":"r"}"#));
         let b = n.open();
         n.frame(b, Inbound::Binary);
-        let text = render(&n, &IoStats::default());
+        let text = render(&n);
         for line in [
             "roomcast_connections 1",
             "roomcast_rooms 1",

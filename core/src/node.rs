@@ -5,6 +5,14 @@
 //! [`Waker`] (plain `std::task`, no executor), so the same `Node` serves a
 //! tokio runtime, a smol runtime, or a test.
 //!
+//! Around the hub it also keeps what a server needs per socket, so that the
+//! runtimes only move bytes: admission against `--max-connections`, the
+//! request-head reader and the answer to it ([`Node::admit`],
+//! [`Node::answer`]), how each connection ends ([`Finish`]), the count of
+//! live sockets that shutdown waits for ([`Node::poll_drained`]), and the
+//! broker queue already grouped into the operations a Redis client runs
+//! ([`BrokerOp`]: consecutive publishes form one pipeline).
+//!
 //! Every input method runs the hub and then executes its commands:
 //! `SendTo` lands in the connection's byte-bounded outbox (full → the hub
 //! closes it as a slow consumer), `Close` is handed to the connection's
@@ -18,7 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HubConfig;
-use crate::hub::{Command, ConnId, ConnMap, Hub, Inbound, Session};
+use crate::http::{self, Decision, HeadReader, Reply};
+use crate::hub::{BrokerState, Command, ConnId, ConnMap, Hub, Inbound, Session};
 
 /// Which broker the node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,20 +38,64 @@ pub enum BrokerMode {
     Local,
 }
 
-/// What a connection's writer must do next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outgoing {
-    /// Write these frames, in order, then flush once.
-    Frames(Vec<Bytes>),
-    /// Send a close frame and finish. `abort` asks to discard unsent data and
-    /// let the socket go at once (slow consumers).
+/// How long a slow consumer's close frame may take before its socket is
+/// let go ([`Finish::Close`] with `abort`).
+pub const ABORT_CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// At shutdown, how long the broker task may take to finish what is queued
+/// (Redis may hang) before it is cancelled.
+pub const BROKER_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// How long to stop accepting after `accept` fails (out of descriptors).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How a connection ends: what the runtime does with the socket once the
+/// connection's reading and writing stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Send a close frame with this code and reason, then end the stream
+    /// (FIN) and read until the client closes, all within the shutdown grace.
+    /// `abort` (a slow consumer): one attempt at the close frame of at most
+    /// [`ABORT_CLOSE_WAIT`], then let the socket go with its unsent data
+    /// discarded (`SO_LINGER` 0).
     Close {
         code: u16,
         reason: String,
         abort: bool,
     },
-    /// The connection is unknown or already finished.
-    Gone,
+    /// The client started the close handshake: answer it.
+    Answer,
+    /// The transport is gone, or the close was already sent: drop the socket.
+    Drop,
+}
+
+/// What a connection's writer must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Write these frames, in order, then flush once.
+    Frames(Vec<Bytes>),
+    /// Stop writing and end the connection this way.
+    Finish(Finish),
+}
+
+/// One operation for the broker client, in the order given. Consecutive
+/// publishes are grouped into one [`BrokerOp::Publish`] (one pipeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerOp {
+    /// Drop any link held, open this session's links and report with
+    /// [`Node::broker_connected`] or [`Node::broker_disconnected`].
+    Connect(Session),
+    /// Drop the links. The queue is in order, so this always concerns the
+    /// links of the latest `Connect` (if they came up). No report.
+    Reset(Session),
+    /// One SUBSCRIBE for these channels.
+    Subscribe(Vec<String>),
+    /// One UNSUBSCRIBE for these channels.
+    Unsubscribe(Vec<String>),
+    /// A health ping; report an answer with [`Node::broker_pong`].
+    Ping(Session),
+    /// These publishes, in order, in one pipeline.
+    Publish(Vec<(String, Bytes)>),
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +123,7 @@ impl Outbox {
     }
 }
 
-/// Runtime-side statistics the node cannot see itself, for `/metrics`.
+/// Socket-level counters, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IoStats {
     pub handshake_failures: u64,
@@ -86,12 +139,17 @@ pub struct Node {
     now: Duration,
     outboxes: ConnMap<Outbox>,
     local_subs: HashSet<String>,
-    broker_queue: VecDeque<Command>,
+    broker_queue: VecDeque<BrokerOp>,
     broker_waker: Option<Waker>,
     broker_queue_dropped: u64,
     queued_publishes: usize,
     timer_waker: Option<Waker>,
     timer_seen: Option<Duration>,
+    sockets: usize,
+    max_sockets: usize,
+    serve_index: bool,
+    io: IoStats,
+    drain_waker: Option<Waker>,
 }
 
 impl Node {
@@ -108,9 +166,49 @@ impl Node {
             queued_publishes: 0,
             timer_waker: None,
             timer_seen: None,
+            sockets: 0,
+            max_sockets: usize::MAX,
+            serve_index: true,
+            io: IoStats::default(),
+            drain_waker: None,
         };
         node.pump();
         node
+    }
+
+    /// The node these flags describe: Redis when `--redis` is given, else
+    /// the embedded broker. `seed` feeds the reconnect jitter.
+    #[cfg(feature = "cli")]
+    pub fn from_cli(cli: &crate::cli::Cli, seed: u64) -> Node {
+        let mode = if cli.redis.is_some() {
+            BrokerMode::Remote
+        } else {
+            BrokerMode::Local
+        };
+        let mut node = Node::new(cli.hub_config(seed), mode, Duration::ZERO);
+        node.max_sockets = cli.max_connections;
+        node.serve_index = !cli.no_chat_page;
+        node
+    }
+
+    /// Most sockets [`Node::admit`] lets in at once (unlimited by default).
+    pub fn set_max_sockets(&mut self, max: usize) {
+        self.max_sockets = max;
+    }
+
+    /// Whether `GET /` serves the chat page (on by default).
+    pub fn set_serve_index(&mut self, on: bool) {
+        self.serve_index = on;
+    }
+
+    /// Socket-level counters.
+    pub fn io_stats(&self) -> IoStats {
+        self.io
+    }
+
+    /// Sockets admitted and not yet reported closed.
+    pub fn sockets(&self) -> usize {
+        self.sockets
     }
 
     pub fn hub(&self) -> &Hub {
@@ -152,7 +250,74 @@ impl Node {
         self.outboxes.len()
     }
 
-    // ----- inputs -----
+    // ----- inputs: sockets -----
+
+    /// A socket was accepted. `None`: the node is at its socket limit; drop
+    /// the socket (it is counted). Otherwise read its request head into the
+    /// returned reader, give that to [`Node::answer`], and report the
+    /// socket's end, however it ends, with [`Node::socket_closed`].
+    pub fn admit(&mut self) -> Option<HeadReader> {
+        if self.sockets >= self.max_sockets {
+            self.io.rejected_connections += 1;
+            return None;
+        }
+        self.sockets += 1;
+        Some(HeadReader::new(self.serve_index))
+    }
+
+    /// What to do with a socket whose head was read into `head`: stopped
+    /// when [`HeadReader::advance`] said so, or early because the read failed
+    /// or the handshake timeout passed (the socket is then dropped).
+    pub fn answer(&mut self, head: HeadReader) -> Reply {
+        let (decision, mut buf) = head.into_parts();
+        match decision {
+            Some(Decision::Upgrade { key, head_len }) => {
+                let response = http::switching_protocols(&http::accept_key(&key));
+                buf.drain(..head_len);
+                buf.shrink_to_fit();
+                Reply::Upgrade {
+                    response,
+                    rest: buf,
+                }
+            }
+            Some(Decision::Route { route, head_only }) => {
+                self.io.http_requests += 1;
+                Reply::Respond(http::respond(self, route, head_only))
+            }
+            Some(Decision::Incomplete | Decision::Invalid) | None => {
+                self.io.handshake_failures += 1;
+                Reply::Drop
+            }
+        }
+    }
+
+    /// The upgrade response could not be written in time: the socket is
+    /// dropped before it became a connection.
+    pub fn handshake_failed(&mut self) {
+        self.io.handshake_failures += 1;
+    }
+
+    /// A socket from [`Node::admit`] is gone.
+    pub fn socket_closed(&mut self) {
+        self.sockets = self.sockets.saturating_sub(1);
+        if self.sockets == 0
+            && let Some(w) = self.drain_waker.take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Ready once every admitted socket is closed: what shutdown waits for
+    /// (bounded by the grace period).
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sockets == 0 {
+            return Poll::Ready(());
+        }
+        self.drain_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    // ----- inputs: connections and broker -----
 
     /// A WebSocket connection is established.
     pub fn open(&mut self) -> ConnId {
@@ -162,9 +327,27 @@ impl Node {
         id
     }
 
-    pub fn frame(&mut self, conn: ConnId, frame: Inbound<'_>) {
+    /// A frame arrived. Returns whether to go on reading: `false` once the
+    /// hub has closed the connection (its writer sends the close).
+    pub fn frame(&mut self, conn: ConnId, frame: Inbound<'_>) -> bool {
         self.hub.handle_frame(conn, frame);
         self.pump();
+        !self.is_closing(conn)
+    }
+
+    /// The connection's reader stopped: the client sent a close frame
+    /// (`peer_closed`), the stream ended or failed, or [`Node::frame`] said
+    /// to stop. `None`: the writer has a close to send; wait for it, but no
+    /// longer than the shutdown grace (it may be stuck on a client that does
+    /// not read), then drop the socket.
+    pub fn reading_ended(&self, conn: ConnId, peer_closed: bool) -> Option<Finish> {
+        if peer_closed {
+            Some(Finish::Answer)
+        } else if self.is_closing(conn) && self.outboxes.contains_key(&conn) {
+            None
+        } else {
+            Some(Finish::Drop)
+        }
     }
 
     /// The runtime found the connection's queue full (its own buffers, beyond
@@ -229,7 +412,7 @@ impl Node {
     /// The writer of `conn` takes its next work, or registers to be woken.
     pub fn poll_outgoing(&mut self, conn: ConnId, cx: &mut Context<'_>) -> Poll<Outgoing> {
         let Some(ob) = self.outboxes.get_mut(&conn) else {
-            return Poll::Ready(Outgoing::Gone);
+            return Poll::Ready(Outgoing::Finish(Finish::Drop));
         };
         if !ob.frames.is_empty() {
             ob.bytes = 0;
@@ -237,29 +420,38 @@ impl Node {
         }
         if let Some((code, reason)) = &ob.close {
             if ob.close_taken {
-                return Poll::Ready(Outgoing::Gone);
+                return Poll::Ready(Outgoing::Finish(Finish::Drop));
             }
             ob.close_taken = true;
-            return Poll::Ready(Outgoing::Close {
+            return Poll::Ready(Outgoing::Finish(Finish::Close {
                 code: *code,
                 reason: reason.clone(),
                 abort: ob.abort,
-            });
+            }));
         }
         ob.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 
     /// Ready when the connection must be dropped at once (a slow consumer,
-    /// or unknown): lets a runtime interrupt a writer blocked on a full socket.
-    pub fn poll_abort(&mut self, conn: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+    /// or unknown): lets a runtime interrupt a writer blocked on a full
+    /// socket, and end the connection the way this says instead.
+    pub fn poll_abort(&mut self, conn: ConnId, cx: &mut Context<'_>) -> Poll<Finish> {
         match self.outboxes.get_mut(&conn) {
-            Some(ob) if ob.abort && ob.close.is_some() => Poll::Ready(()),
+            Some(Outbox {
+                abort: true,
+                close: Some((code, reason)),
+                ..
+            }) => Poll::Ready(Finish::Close {
+                code: *code,
+                reason: reason.clone(),
+                abort: true,
+            }),
             Some(ob) => {
                 ob.abort_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            None => Poll::Ready(()),
+            None => Poll::Ready(Finish::Drop),
         }
     }
 
@@ -269,19 +461,19 @@ impl Node {
         self.outboxes.get(&conn).is_none_or(|o| o.close.is_some())
     }
 
-    /// The broker task takes every queued broker command, or registers to be
-    /// woken. After shutdown, once everything queued has been taken, it is
-    /// ready with an empty list: the broker task's cue to finish.
-    pub fn poll_broker(&mut self, cx: &mut Context<'_>) -> Poll<Vec<Command>> {
+    /// The broker task takes every queued broker operation, or registers to
+    /// be woken. After shutdown, once everything queued has been taken, it is
+    /// ready with `None`: the broker task's cue to finish.
+    pub fn poll_broker(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<BrokerOp>>> {
         if self.broker_queue.is_empty() {
-            if self.hub.broker_state() == crate::hub::BrokerState::Stopped {
-                return Poll::Ready(Vec::new());
+            if self.hub.broker_state() == BrokerState::Stopped {
+                return Poll::Ready(None);
             }
             self.broker_waker = Some(cx.waker().clone());
             Poll::Pending
         } else {
             self.queued_publishes = 0;
-            Poll::Ready(Vec::from(std::mem::take(&mut self.broker_queue)))
+            Poll::Ready(Some(Vec::from(std::mem::take(&mut self.broker_queue))))
         }
     }
 
@@ -357,14 +549,29 @@ impl Node {
     }
 
     fn queue_broker(&mut self, cmd: Command) {
-        if matches!(cmd, Command::BrokerPublish { .. }) {
-            if self.queued_publishes >= self.hub.config().limits.publish_buffer {
-                self.broker_queue_dropped += 1;
-                return;
+        let op = match cmd {
+            Command::BrokerPublish { channel, payload } => {
+                if self.queued_publishes >= self.hub.config().limits.publish_buffer {
+                    self.broker_queue_dropped += 1;
+                    return;
+                }
+                self.queued_publishes += 1;
+                if let Some(BrokerOp::Publish(batch)) = self.broker_queue.back_mut() {
+                    batch.push((channel, payload));
+                    return;
+                }
+                BrokerOp::Publish(vec![(channel, payload)])
             }
-            self.queued_publishes += 1;
-        }
-        self.broker_queue.push_back(cmd);
+            Command::BrokerConnect(s) => BrokerOp::Connect(s),
+            Command::BrokerReset(s) => BrokerOp::Reset(s),
+            Command::BrokerSubscribe(chs) => BrokerOp::Subscribe(chs),
+            Command::BrokerUnsubscribe(chs) => BrokerOp::Unsubscribe(chs),
+            Command::BrokerPing(s) => BrokerOp::Ping(s),
+            Command::SendTo(..) | Command::Close { .. } => {
+                unreachable!("connection commands are executed by pump")
+            }
+        };
+        self.broker_queue.push_back(op);
         if let Some(w) = self.broker_waker.take() {
             w.wake();
         }
@@ -461,15 +668,16 @@ mod tests {
         ));
         assert_eq!(
             n.poll_outgoing(a, &mut cx),
-            Poll::Ready(Outgoing::Close {
+            Poll::Ready(Outgoing::Finish(Finish::Close {
                 code: 1003,
                 reason: "binary frames are not supported".into(),
                 abort: false
-            })
+            }))
         );
-        assert_eq!(n.poll_outgoing(a, &mut cx), Poll::Ready(Outgoing::Gone));
+        let gone = Poll::Ready(Outgoing::Finish(Finish::Drop));
+        assert_eq!(n.poll_outgoing(a, &mut cx), gone);
         n.closed(a);
-        assert_eq!(n.poll_outgoing(a, &mut cx), Poll::Ready(Outgoing::Gone));
+        assert_eq!(n.poll_outgoing(a, &mut cx), gone);
     }
 
     #[test]
@@ -499,11 +707,11 @@ mod tests {
         }
         assert_eq!(
             n.poll_outgoing(slow, &mut cx),
-            Poll::Ready(Outgoing::Close {
+            Poll::Ready(Outgoing::Finish(Finish::Close {
                 code: 1008,
                 reason: "slow consumer".into(),
                 abort: true
-            })
+            }))
         );
         assert!(!n.hub().is_open(slow));
         assert!(count.0.load(Ordering::SeqCst) >= 1, "abort watch woken");
@@ -518,10 +726,10 @@ mod tests {
         let mut n = Node::new(HubConfig::default(), BrokerMode::Remote, Duration::ZERO);
         let (count, w) = waker();
         let mut cx = Context::from_waker(&w);
-        let Poll::Ready(cmds) = n.poll_broker(&mut cx) else {
+        let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
             panic!()
         };
-        assert_eq!(cmds, vec![Command::BrokerConnect(Session(1))]);
+        assert_eq!(ops, vec![BrokerOp::Connect(Session(1))]);
         assert!(n.poll_broker(&mut cx).is_pending());
         n.broker_connected(Session(1), Duration::ZERO);
         let a = n.open();
@@ -529,7 +737,7 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert_eq!(
             n.poll_broker(&mut cx),
-            Poll::Ready(vec![Command::BrokerSubscribe(vec!["r".into()])])
+            Poll::Ready(Some(vec![BrokerOp::Subscribe(vec!["r".into()])]))
         );
     }
 
@@ -543,7 +751,7 @@ mod tests {
         assert!(n.poll_broker(&mut cx).is_pending());
         n.shutdown();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(n.poll_broker(&mut cx), Poll::Ready(Vec::new()));
+        assert_eq!(n.poll_broker(&mut cx), Poll::Ready(None));
     }
 
     #[test]
@@ -556,5 +764,99 @@ mod tests {
         n.broker_disconnected(Session(1), Duration::from_secs(1));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(n.poll_deadline_change(d, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn sockets_are_admitted_up_to_the_limit_and_shutdown_waits_for_them() {
+        let mut n = Node::new(HubConfig::default(), BrokerMode::Local, Duration::ZERO);
+        n.set_max_sockets(2);
+        let (count, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        assert!(n.poll_drained(&mut cx).is_ready(), "nothing to wait for");
+        assert!(n.admit().is_some());
+        assert!(n.admit().is_some());
+        assert!(n.admit().is_none(), "over the limit");
+        assert_eq!(n.io_stats().rejected_connections, 1);
+        assert_eq!(n.sockets(), 2);
+        assert!(n.poll_drained(&mut cx).is_pending());
+        n.socket_closed();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert!(n.admit().is_some(), "a freed place is taken again");
+        n.socket_closed();
+        n.socket_closed();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken at zero");
+        assert!(n.poll_drained(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_connection_ends_as_its_first_finisher_says() {
+        let mut n = Node::new(HubConfig::default(), BrokerMode::Local, Duration::ZERO);
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        // The client leaves: its close is answered, or the stream just broke.
+        let a = n.open();
+        assert_eq!(n.reading_ended(a, true), Some(Finish::Answer));
+        assert_eq!(n.reading_ended(a, false), Some(Finish::Drop));
+        // A refused frame: stop reading, and the writer has the close.
+        assert!(n.frame(a, Inbound::Text(sub("r").as_bytes())));
+        assert!(!n.frame(a, Inbound::Binary));
+        assert_eq!(n.reading_ended(a, false), None);
+        assert!(n.poll_abort(a, &mut cx).is_pending(), "not a slow consumer");
+        assert!(matches!(
+            n.poll_outgoing(a, &mut cx),
+            Poll::Ready(Outgoing::Finish(Finish::Close { code: 1003, .. }))
+        ));
+        n.closed(a);
+        assert_eq!(n.reading_ended(a, false), Some(Finish::Drop));
+        assert_eq!(n.poll_abort(a, &mut cx), Poll::Ready(Finish::Drop));
+        // Dropped as a slow consumer: the abort watch has the close.
+        let b = n.open();
+        n.outbound_full(b);
+        let close = Finish::Close {
+            code: 1008,
+            reason: "slow consumer".into(),
+            abort: true,
+        };
+        assert_eq!(n.poll_abort(b, &mut cx), Poll::Ready(close.clone()));
+        assert_eq!(
+            n.poll_outgoing(b, &mut cx),
+            Poll::Ready(Outgoing::Finish(close))
+        );
+        // Shutdown closes with 1001.
+        let c = n.open();
+        n.shutdown();
+        assert_eq!(
+            n.poll_outgoing(c, &mut cx),
+            Poll::Ready(Outgoing::Finish(Finish::Close {
+                code: 1001,
+                reason: "going away".into(),
+                abort: false
+            }))
+        );
+    }
+
+    #[test]
+    fn publishes_in_a_row_are_one_batch_in_order() {
+        let mut n = Node::new(HubConfig::default(), BrokerMode::Remote, Duration::ZERO);
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let _ = n.poll_broker(&mut cx);
+        n.broker_connected(Session(1), Duration::ZERO);
+        let a = n.open();
+        n.frame(a, Inbound::Text(send("x", "1").as_bytes()));
+        n.frame(a, Inbound::Text(send("y", "2").as_bytes()));
+        n.frame(a, Inbound::Text(sub("r").as_bytes()));
+        n.frame(a, Inbound::Text(send("r", "3").as_bytes()));
+        let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+            panic!()
+        };
+        let channels = |op: &BrokerOp| match op {
+            BrokerOp::Publish(b) => b.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+            other => panic!("not a publish: {other:?}"),
+        };
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert_eq!(channels(&ops[0]), ["x", "y"]);
+        assert_eq!(ops[1], BrokerOp::Subscribe(vec!["r".into()]));
+        assert_eq!(channels(&ops[2]), ["r"]);
     }
 }

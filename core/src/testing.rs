@@ -22,8 +22,8 @@ use bytes::Bytes;
 
 use crate::config::{HubConfig, Limits};
 use crate::envelope;
-use crate::hub::{BrokerState, Command, ConnId, Inbound, Session};
-use crate::node::{BrokerMode, Node, Outgoing};
+use crate::hub::{BrokerState, ConnId, Inbound, Session};
+use crate::node::{BrokerMode, BrokerOp, Finish, Node, Outgoing};
 use crate::protocol::{ClientFrame, Message};
 
 /// Room names the operations pick from.
@@ -284,7 +284,18 @@ impl Harness {
 
     fn text(&mut self, id: ConnId, frame: &ClientFrame<'_>) {
         let enc = frame.encode();
-        self.node.frame(id, Inbound::Text(enc.as_bytes()));
+        self.frame(id, Inbound::Text(enc.as_bytes()));
+    }
+
+    /// Feeds a frame; the node's "go on reading" must match whether it kept
+    /// the connection open.
+    fn frame(&mut self, id: ConnId, frame: Inbound<'_>) {
+        let go_on = self.node.frame(id, frame);
+        assert_eq!(
+            go_on,
+            self.node.hub().is_open(id),
+            "reading goes on iff open"
+        );
     }
 
     /// Applies one operation to both sides, then checks every invariant.
@@ -366,20 +377,20 @@ impl Harness {
             Op::BadFrame(i, k) => {
                 if let Some(id) = self.pick(i) {
                     let (bytes, code, reason) = BAD_FRAMES[k as usize % BAD_FRAMES.len()];
-                    self.node.frame(id, Inbound::Text(bytes));
+                    self.frame(id, Inbound::Text(bytes));
                     self.model.close(id, code, reason, false);
                 }
             }
             Op::Binary(i) => {
                 if let Some(id) = self.pick(i) {
-                    self.node.frame(id, Inbound::Binary);
+                    self.frame(id, Inbound::Binary);
                     self.model
                         .close(id, 1003, "binary frames are not supported", false);
                 }
             }
             Op::TooLarge(i) => {
                 if let Some(id) = self.pick(i) {
-                    self.node.frame(id, Inbound::TooLarge);
+                    self.frame(id, Inbound::TooLarge);
                     let max = self.model.cfg.limits.max_frame_bytes;
                     self.model
                         .close(id, 1009, &format!("frame larger than {max} bytes"), false);
@@ -492,7 +503,7 @@ impl Harness {
         let mut rest = Vec::new();
         for cmd in cmds {
             match cmd {
-                Command::BrokerSubscribe(chs) if rest.is_empty() => {
+                BrokerOp::Subscribe(chs) if rest.is_empty() => {
                     assert!(
                         !chs.is_empty() && chs.len() <= batch,
                         "batch of {}",
@@ -545,12 +556,13 @@ impl Harness {
                     c.bytes = 0;
                     assert_eq!(frames, want, "c: frames delivered to {id}");
                 }
-                Poll::Ready(Outgoing::Close { code, reason, .. }) => {
+                Poll::Ready(Outgoing::Finish(Finish::Close { code, reason, .. })) => {
                     let c = self.model.conns.get(&id).expect("close for a known conn");
                     assert_eq!(c.close.as_ref(), Some(&(code, reason)), "close of {id}");
                     assert!(c.queue.is_empty());
                 }
-                Poll::Ready(Outgoing::Gone) => {
+                Poll::Ready(Outgoing::Finish(finish)) => {
+                    assert_eq!(finish, Finish::Drop, "the writer never answers a close");
                     if self.model.conns.get(&id).is_some_and(|c| c.close.is_some()) {
                         // The writer sent the close; the runtime now reports the end.
                         self.node.closed(id);
@@ -567,25 +579,43 @@ impl Harness {
         }
     }
 
-    fn broker_commands(&mut self) -> Vec<Command> {
+    /// Takes the node's broker operations, checking their grouping:
+    /// publishes that follow one another form one batch.
+    fn broker_commands(&mut self) -> Vec<BrokerOp> {
         let mut cx = Context::from_waker(&self.waker);
-        match self.node.poll_broker(&mut cx) {
-            Poll::Ready(cmds) => cmds,
+        let ops = match self.node.poll_broker(&mut cx) {
+            Poll::Ready(Some(ops)) => ops,
+            Poll::Ready(None) => {
+                assert_eq!(self.node.hub().broker_state(), BrokerState::Stopped);
+                Vec::new()
+            }
             Poll::Pending => Vec::new(),
+        };
+        for pair in ops.windows(2) {
+            assert!(
+                !matches!(pair, [BrokerOp::Publish(_), BrokerOp::Publish(_)]),
+                "consecutive publishes are one batch"
+            );
         }
+        assert!(
+            ops.iter()
+                .all(|op| !matches!(op, BrokerOp::Publish(b) if b.is_empty())),
+            "no empty publish batch"
+        );
+        ops
     }
 
-    /// Executes the broker commands against the simulated broker.
+    /// Executes the broker operations against the simulated broker.
     fn settle(&mut self) {
-        for cmd in self.broker_commands() {
-            self.execute_broker(cmd);
+        for op in self.broker_commands() {
+            self.execute_broker(op);
         }
     }
 
-    fn execute_broker(&mut self, cmd: Command) {
+    fn execute_broker(&mut self, op: BrokerOp) {
         let m = &mut self.model;
-        match cmd {
-            Command::BrokerConnect(s) => {
+        match op {
+            BrokerOp::Connect(s) => {
                 assert!(
                     matches!(m.broker, ModelBroker::Down(_)),
                     "connect while {:?}",
@@ -594,13 +624,13 @@ impl Harness {
                 assert!(s > m.session(), "sessions increase");
                 m.broker = ModelBroker::Connecting(s);
             }
-            Command::BrokerReset(s) => {
+            BrokerOp::Reset(s) => {
                 assert_eq!(s, m.session(), "reset of the current session");
                 m.broker_subs.clear();
                 m.broker = ModelBroker::Down(s);
                 self.check_backoff();
             }
-            Command::BrokerSubscribe(chs) => {
+            BrokerOp::Subscribe(chs) => {
                 assert!(m.up(), "b: subscribe while not connected");
                 for c in chs {
                     assert!(
@@ -609,7 +639,7 @@ impl Harness {
                     );
                 }
             }
-            Command::BrokerUnsubscribe(chs) => {
+            BrokerOp::Unsubscribe(chs) => {
                 assert!(m.up(), "b: unsubscribe while not connected");
                 for c in chs {
                     assert!(
@@ -618,17 +648,16 @@ impl Harness {
                     );
                 }
             }
-            Command::BrokerPublish { channel, payload } => {
+            BrokerOp::Publish(batch) => {
                 assert!(m.up(), "publish while not connected");
-                let want = m.expect_publish.pop_front();
-                assert_eq!(want, Some((channel, payload)), "g: publishes in order");
+                for (channel, payload) in batch {
+                    let want = m.expect_publish.pop_front();
+                    assert_eq!(want, Some((channel, payload)), "g: publishes in order");
+                }
             }
-            Command::BrokerPing(s) => {
+            BrokerOp::Ping(s) => {
                 assert_eq!(s, m.session());
                 self.pings += 1;
-            }
-            Command::SendTo(..) | Command::Close { .. } => {
-                panic!("connection command on the broker queue")
             }
         }
     }
@@ -712,6 +741,11 @@ impl Harness {
                 "close of {id}"
             );
             assert_eq!(hub.is_open(*id), c.close.is_none());
+            // A reader that stops waits for the writer only when it has a
+            // close to send; a peer's close is always answered.
+            let want = c.close.as_ref().map_or(Some(Finish::Drop), |_| None);
+            assert_eq!(self.node.reading_ended(*id, false), want, "end of {id}");
+            assert_eq!(self.node.reading_ended(*id, true), Some(Finish::Answer));
         }
     }
 }

@@ -1,6 +1,8 @@
 //! roomcast on smol: executes `roomcast-core` against real sockets
 //! (async-net + async-tungstenite) and real Redis (redis-rs). It holds no
-//! policy: every decision is the core's [`Node`]; this crate only moves bytes.
+//! policy: every decision is the core's [`Node`] (admission, the request
+//! head and its answer, how a connection ends, what to send Redis); this
+//! crate only moves bytes and keeps time.
 //!
 //! [`start`] runs a node on its own thread and returns a handle (tests and
 //! embedding); [`serve`] is the server future itself (the binary). Either way
@@ -15,13 +17,13 @@
 //! `Pending` now and then): a loop whose source is always ready would keep
 //! its task, and the futures raced beside it in that task (a connection's
 //! writer beside its reader), from ever being polled. So every loop over a
-//! socket or channel here yields once per item.
+//! socket or channel here yields now and then ([`YIELD_EVERY`]).
 
 use std::future::{Future, poll_fn};
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,10 +31,11 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use event_listener::Event;
 use futures_util::{SinkExt, StreamExt};
-use roomcast_core::http::{self, Decision};
-use roomcast_core::{BrokerMode, Command, Inbound, IoStats, Node, Outgoing, Session};
+use roomcast_core::{
+    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerOp, Finish, HeadReader, Inbound,
+    Node, Outgoing, Reply, Session,
+};
 use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
@@ -56,11 +59,6 @@ struct Shared {
     ws_config: WebSocketConfig,
     /// Weak: the executor owns the tasks that hold this.
     executor: Weak<Executor<'static>>,
-    sockets: AtomicUsize,
-    sockets_done: Event,
-    handshake_failures: AtomicU64,
-    rejected: AtomicU64,
-    http_requests: AtomicU64,
 }
 
 impl Shared {
@@ -73,14 +71,6 @@ impl Shared {
         self.start.elapsed()
     }
 
-    fn io_stats(&self) -> IoStats {
-        IoStats {
-            handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
-            rejected_connections: self.rejected.load(Ordering::Relaxed),
-            http_requests: self.http_requests.load(Ordering::Relaxed),
-        }
-    }
-
     /// Spawns onto the node's executor. Only called from its tasks, which
     /// run inside `Executor::run` and so while the executor is alive.
     fn spawn<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> Task<T> {
@@ -91,16 +81,29 @@ impl Shared {
     }
 }
 
-/// The WebSocket settings for these limits: an idle connection holds a small
-/// read buffer, and no buffer is unbounded.
+/// The WebSocket settings for these limits ([`Cli::ws_buffers`]).
 pub fn ws_config(cli: &Cli) -> WebSocketConfig {
-    let frame = cli.max_frame_bytes as usize;
+    let b = cli.ws_buffers();
     WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(4096)
-        .max_write_buffer_size(cli.max_outbound_bytes as usize * 2 + frame + 1024)
-        .max_message_size(Some(frame))
-        .max_frame_size(Some(frame))
+        .read_buffer_size(b.read)
+        .write_buffer_size(b.write)
+        .max_write_buffer_size(b.max_write)
+        .max_message_size(Some(b.max_frame))
+        .max_frame_size(Some(b.max_frame))
+}
+
+/// Binds a listening socket with a backlog for bursts of connects (the
+/// std default of 128 overflows under a few hundred at once).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// `f`, or `None` if it has not finished after `d`.
@@ -156,7 +159,7 @@ impl Drop for Running {
 /// Binds `cli.listen` and runs a node on a new thread until
 /// [`Running::shutdown`].
 pub fn start(cli: Cli) -> io::Result<Running> {
-    let listener = std::net::TcpListener::bind(cli.listen)?;
+    let listener = bind(cli.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = smol::channel::bounded::<()>(1);
     let thread = std::thread::Builder::new()
@@ -212,25 +215,14 @@ async fn run(
     shutdown: impl Future<Output = ()>,
     executor: Weak<Executor<'static>>,
 ) -> io::Result<()> {
-    let start = Instant::now();
-    let seed = u64::from(std::process::id()) ^ start.elapsed().subsec_nanos() as u64;
-    let mode = if cli.redis.is_some() {
-        BrokerMode::Remote
-    } else {
-        BrokerMode::Local
-    };
-    let node = Node::new(cli.hub_config(seed), mode, Duration::ZERO);
+    // Per-process entropy, so that a fleet's nodes do not retry in step.
+    let jitter_seed = RandomState::new().hash_one(std::process::id());
     let shared = Arc::new(Shared {
-        node: Mutex::new(node),
-        start,
+        node: Mutex::new(Node::from_cli(&cli, jitter_seed)),
+        start: Instant::now(),
         ws_config: ws_config(&cli),
         cli,
         executor,
-        sockets: AtomicUsize::new(0),
-        sockets_done: Event::new(),
-        handshake_failures: AtomicU64::new(0),
-        rejected: AtomicU64::new(0),
-        http_requests: AtomicU64::new(0),
     });
     let broker = shared
         .cli
@@ -251,89 +243,66 @@ async fn run(
         match accepted.await {
             None => break,
             Some(Ok((stream, _))) => {
-                if shared.sockets.load(Ordering::Relaxed) >= shared.cli.max_connections {
-                    shared.rejected.fetch_add(1, Ordering::Relaxed);
-                    drop(stream);
-                    continue;
+                // Refused over the limit: dropped here.
+                if let Some(head) = shared.node().admit() {
+                    let task = handle_socket(shared.clone(), stream, head);
+                    shared.spawn(task).detach();
                 }
-                shared.sockets.fetch_add(1, Ordering::Relaxed);
-                shared.spawn(handle_socket(shared.clone(), stream)).detach();
                 future::yield_now().await;
             }
             Some(Err(e)) => {
                 // Out of file descriptors and the like: back off briefly.
                 warn!("accept failed: {e}");
-                Timer::after(Duration::from_millis(50)).await;
+                Timer::after(ACCEPT_BACKOFF).await;
             }
         }
     }
     drop(listener);
     info!("shutting down: closing every connection with 1001");
     shared.node().shutdown();
-    let grace = shared.cli.shutdown_grace + Duration::from_millis(500);
-    let _ = timeout(grace, async {
-        while shared.sockets.load(Ordering::Acquire) > 0 {
-            let notified = shared.sockets_done.listen();
-            if shared.sockets.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            notified.await;
-        }
-    })
-    .await;
+    let drained = poll_fn(|cx| shared.node().poll_drained(cx));
+    let _ = timeout(shared.cli.drain_wait(), drained).await;
     if let Some(broker) = broker {
-        // Unsubscribes go out unless Redis hangs; then give up after a second
-        // (dropping the task cancels it).
-        let _ = timeout(Duration::from_secs(1), broker).await;
+        // What is queued goes out unless Redis hangs (dropping the task
+        // cancels it).
+        let _ = timeout(BROKER_STOP_WAIT, broker).await;
     }
     drop(timer);
     info!("stopped");
     Ok(())
 }
 
-/// Decrements the socket count however the connection task ends.
+/// Reports the socket's end to core however its task ends.
 struct SocketGuard(Arc<Shared>);
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        if self.0.sockets.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.sockets_done.notify(usize::MAX);
-        }
+        self.0.node().socket_closed();
     }
 }
 
-async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream, mut head: HeadReader) {
     let _guard = SocketGuard(shared.clone());
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now().checked_add(shared.cli.handshake_timeout);
     let timer = || deadline.map_or_else(Timer::never, Timer::at);
-    let head = until(timer(), read_head(&mut stream, !shared.cli.no_chat_page));
-    let (decision, buf) = match head.await {
-        Some(Ok(found)) => found,
-        _ => {
-            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            return;
+    let read = async {
+        while let Ok(n) = stream.read(head.buf()).await {
+            if head.advance(n) {
+                break;
+            }
         }
     };
-    match decision {
-        Decision::Upgrade { key, head_len } => {
-            // Scoped so that the key, accept value and reply are freed before
-            // the connection's long life.
-            let written = {
-                let accept =
-                    async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-                drop(key);
-                let reply = http::switching_protocols(&accept);
-                until(timer(), stream.write_all(&reply))
-                    .await
-                    .is_some_and(|r| r.is_ok())
-            };
-            if !written {
-                shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    let _ = until(timer(), read).await;
+    let reply = shared.node().answer(head);
+    match reply {
+        Reply::Upgrade { response, rest } => {
+            let written = until(timer(), stream.write_all(&response)).await;
+            drop(response);
+            if !matches!(written, Some(Ok(()))) {
+                shared.node().handshake_failed();
                 return;
             }
-            let rest = buf[head_len..].to_vec();
-            drop(buf);
             let ws = WebSocketStream::from_partially_read(
                 stream,
                 rest,
@@ -343,131 +312,84 @@ async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream) {
             .await;
             run_connection(shared, ws).await;
         }
-        Decision::Route { route, head_only } => {
-            shared.http_requests.fetch_add(1, Ordering::Relaxed);
-            let reply = http::respond(&shared.node(), &shared.io_stats(), route, head_only);
+        Reply::Respond(response) => {
             let _ = until(timer(), async {
-                stream.write_all(&reply).await?;
+                stream.write_all(&response).await?;
                 // async-net's close is shutdown(Write).
                 stream.close().await
             })
             .await;
         }
-        Decision::Incomplete | Decision::Invalid => {
-            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        Reply::Drop => {}
     }
-}
-
-/// Reads until the request head is complete (or is not HTTP).
-async fn read_head(stream: &mut TcpStream, index: bool) -> io::Result<(Decision, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match http::route(&buf, index) {
-            Decision::Incomplete => continue,
-            Decision::Invalid => return Err(io::ErrorKind::InvalidData.into()),
-            d => return Ok((d, buf)),
-        }
-    }
-}
-
-/// How a connection's reading and writing ended.
-enum End {
-    /// The server closes it with this code and reason.
-    Close(u16, String, bool),
-    /// The client sent a close frame: answer it.
-    PeerClosed,
-    /// The transport is gone.
-    Broken,
 }
 
 async fn run_connection(shared: Arc<Shared>, ws: Ws) {
     let id = shared.node().open();
     debug!(conn = %id, "open");
     let (mut tx, mut rx) = ws.split();
-    let end = {
+    let finish = {
         let reader = async {
+            let mut peer_closed = false;
             let mut budget = 0u32;
             while let Some(msg) = rx.next().await {
                 let input = match &msg {
                     Ok(Message::Text(t)) => Inbound::Text(t.as_bytes()),
                     Ok(Message::Binary(_)) => Inbound::Binary,
-                    Ok(Message::Close(_)) => return End::PeerClosed,
+                    Ok(Message::Close(_)) => {
+                        peer_closed = true;
+                        break;
+                    }
                     Ok(_) => continue,
                     Err(WsError::Capacity(_)) => Inbound::TooLarge,
-                    Err(_) => return End::Broken,
+                    Err(_) => break,
                 };
-                let closing = {
-                    let mut node = shared.node();
-                    node.frame(id, input);
-                    node.is_closing(id)
-                };
-                if closing {
-                    // Refused: stop reading; the writer sends the close.
-                    return End::Broken;
+                if !shared.node().frame(id, input) {
+                    break;
                 }
-                // Lets the writer of this same task drain now and then
-                // (smol has no cooperative budget of its own).
+                // Lets the writer of this same task drain now and then.
                 budget += 1;
                 if budget.is_multiple_of(YIELD_EVERY) {
                     future::yield_now().await;
                 }
             }
-            End::Broken
+            let end = shared.node().reading_ended(id, peer_closed);
+            match end {
+                Some(finish) => finish,
+                None => {
+                    // Refused: the writer sends the close, unless it is stuck.
+                    Timer::after(shared.cli.shutdown_grace).await;
+                    Finish::Drop
+                }
+            }
         };
         let writer = async {
             let mut batches = 0u32;
             loop {
-                let out = poll_fn(|cx| shared.node().poll_outgoing(id, cx)).await;
-                match out {
+                match poll_fn(|cx| shared.node().poll_outgoing(id, cx)).await {
                     Outgoing::Frames(frames) => {
                         for f in frames {
                             // SAFETY: core only queues frames built from `str`.
                             let text = unsafe { Utf8Bytes::from_bytes_unchecked(f) };
                             if tx.feed(Message::Text(text)).await.is_err() {
-                                return End::Broken;
+                                return Finish::Drop;
                             }
                         }
                         if tx.flush().await.is_err() {
-                            return End::Broken;
+                            return Finish::Drop;
                         }
                         batches += 1;
                         if batches.is_multiple_of(YIELD_EVERY) {
                             future::yield_now().await;
                         }
                     }
-                    Outgoing::Close {
-                        code,
-                        reason,
-                        abort,
-                    } => return End::Close(code, reason, abort),
-                    Outgoing::Gone => return End::Broken,
+                    Outgoing::Finish(finish) => return finish,
                 }
-            }
-        };
-        let reader = async {
-            match reader.await {
-                // A refused frame: leave it to the writer, which has the
-                // close to send.
-                End::Broken if shared.node().is_closing(id) => future::pending().await,
-                end => end,
             }
         };
         // A slow consumer's writer may be stuck on a full socket: this
         // fires when core drops it, so the task never waits for that write.
-        let abort = async {
-            poll_fn(|cx| shared.node().poll_abort(id, cx)).await;
-            match shared.node().queued_close(id) {
-                Some((code, reason)) => End::Close(code, reason.to_string(), true),
-                None => End::Broken,
-            }
-        };
+        let abort = poll_fn(|cx| shared.node().poll_abort(id, cx));
         future::or(future::or(reader, writer), abort).await
     };
     shared.node().closed(id);
@@ -477,24 +399,27 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
     // Boxed: the close path's state (a drain buffer, timers, close futures)
     // is allocated only when a connection ends, not held by every live
     // connection's task.
-    Box::pin(finish(shared, ws, end)).await;
+    Box::pin(finish_connection(shared, ws, finish)).await;
 }
 
-async fn finish(shared: Arc<Shared>, mut ws: Ws, end: End) {
-    match end {
-        End::Close(code, reason, abort) => {
+/// Carries out how core said the connection ends.
+async fn finish_connection(shared: Arc<Shared>, mut ws: Ws, finish: Finish) {
+    let grace = shared.cli.shutdown_grace;
+    match finish {
+        Finish::Close {
+            code,
+            reason,
+            abort,
+        } => {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: Utf8Bytes::from(reason),
             };
             if abort {
-                // A slow consumer: one attempt at the close frame, then let
-                // the socket go with its unsent data discarded.
                 let _ = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO));
-                let _ = timeout(Duration::from_millis(100), ws.close(Some(frame))).await;
+                let _ = timeout(ABORT_CLOSE_WAIT, ws.close(Some(frame))).await;
                 return;
             }
-            let grace = shared.cli.shutdown_grace;
             if timeout(grace, ws.close(Some(frame))).await.is_none() {
                 return;
             }
@@ -509,11 +434,10 @@ async fn finish(shared: Arc<Shared>, mut ws: Ws, end: End) {
             })
             .await;
         }
-        End::PeerClosed => {
-            // Completes the close handshake the client started.
-            let _ = timeout(shared.cli.shutdown_grace, ws.close(None)).await;
+        Finish::Answer => {
+            let _ = timeout(grace, ws.close(None)).await;
         }
-        End::Broken => {}
+        Finish::Drop => {}
     }
 }
 
@@ -541,6 +465,7 @@ struct Link {
     _reader: Task<()>,
 }
 
+/// Runs core's broker operations against Redis until core says stop.
 async fn broker_task(shared: Arc<Shared>, url: String) {
     let client = match redis::Client::open(url.as_str()) {
         Ok(c) => c,
@@ -549,88 +474,57 @@ async fn broker_task(shared: Arc<Shared>, url: String) {
             return;
         }
     };
-    let timeout_d = shared.cli.redis_timeout;
+    let t = shared.cli.redis_timeout;
     let mut link: Option<Link> = None;
-    loop {
-        let cmds = poll_fn(|cx| shared.node().poll_broker(cx)).await;
-        if cmds.is_empty() {
-            // Shut down and everything executed.
-            return;
-        }
-        let mut pipe = redis::pipe();
-        let mut queued = 0usize;
-        for cmd in cmds {
-            if let Command::BrokerPublish { channel, payload } = cmd {
-                pipe.publish(channel, payload.as_ref()).ignore();
-                queued += 1;
-                continue;
-            }
-            if queued > 0 {
-                publish(&shared, &mut link, &pipe, timeout_d).await;
-                pipe = redis::pipe();
-                queued = 0;
-            }
-            match cmd {
-                Command::BrokerConnect(session) => {
+    while let Some(ops) = poll_fn(|cx| shared.node().poll_broker(cx)).await {
+        for op in ops {
+            let op = match op {
+                BrokerOp::Connect(session) => {
                     drop(link.take());
                     link = connect(&shared, &client, session).await;
+                    continue;
                 }
-                Command::BrokerReset(session) => {
-                    if link.as_ref().is_some_and(|l| l.session == session) {
-                        link = None;
-                    }
-                    if shared.node().hub().broker_state() == roomcast_core::BrokerState::Stopped {
-                        return;
-                    }
+                BrokerOp::Reset(_) => {
+                    link = None;
+                    continue;
                 }
-                Command::BrokerSubscribe(channels) => {
-                    if let Some(l) = &mut link {
-                        let r = timeout(timeout_d, l.sink.subscribe(&channels)).await;
-                        check(&shared, &mut link, matches!(r, Some(Ok(()))));
-                    }
+                op => op,
+            };
+            let Some(l) = &mut link else { continue };
+            let ok = match op {
+                BrokerOp::Subscribe(chs) => {
+                    matches!(timeout(t, l.sink.subscribe(&chs)).await, Some(Ok(())))
                 }
-                Command::BrokerUnsubscribe(channels) => {
-                    if let Some(l) = &mut link {
-                        let r = timeout(timeout_d, l.sink.unsubscribe(&channels)).await;
-                        check(&shared, &mut link, matches!(r, Some(Ok(()))));
-                    }
+                BrokerOp::Unsubscribe(chs) => {
+                    matches!(timeout(t, l.sink.unsubscribe(&chs)).await, Some(Ok(())))
                 }
-                Command::BrokerPing(session) => {
-                    if let Some(l) = &mut link {
-                        let r = timeout(timeout_d, l.sink.ping::<redis::Value>()).await;
-                        let ok = matches!(r, Some(Ok(_)));
-                        if ok {
-                            shared.node().broker_pong(session);
-                        }
-                        check(&shared, &mut link, ok);
+                BrokerOp::Ping(session) => {
+                    let pong = timeout(t, l.sink.ping::<redis::Value>()).await;
+                    let ok = matches!(pong, Some(Ok(_)));
+                    if ok {
+                        shared.node().broker_pong(session);
                     }
+                    ok
                 }
-                Command::BrokerPublish { .. } | Command::SendTo(..) | Command::Close { .. } => {}
+                BrokerOp::Publish(batch) => {
+                    let mut pipe = redis::pipe();
+                    for (channel, payload) in &batch {
+                        pipe.publish(channel, payload.as_ref()).ignore();
+                    }
+                    matches!(
+                        timeout(t, pipe.exec_async(&mut l.publisher)).await,
+                        Some(Ok(()))
+                    )
+                }
+                BrokerOp::Connect(_) | BrokerOp::Reset(_) => unreachable!("handled above"),
+            };
+            if !ok && let Some(l) = link.take() {
+                // Core schedules the reconnect.
+                warn!("Redis link lost");
+                shared.node().broker_disconnected(l.session, shared.now());
             }
         }
-        if queued > 0 {
-            publish(&shared, &mut link, &pipe, timeout_d).await;
-        }
     }
-}
-
-/// Reports a failed link to core (which schedules the reconnect) and drops it.
-fn check(shared: &Shared, link: &mut Option<Link>, ok: bool) {
-    if !ok && let Some(l) = link.take() {
-        warn!("Redis link lost");
-        shared.node().broker_disconnected(l.session, shared.now());
-    }
-}
-
-async fn publish(
-    shared: &Shared,
-    link: &mut Option<Link>,
-    pipe: &redis::Pipeline,
-    timeout_d: Duration,
-) {
-    let Some(l) = link else { return };
-    let r = timeout(timeout_d, pipe.exec_async(&mut l.publisher)).await;
-    check(shared, link, matches!(r, Some(Ok(()))));
 }
 
 async fn connect(shared: &Arc<Shared>, client: &redis::Client, session: Session) -> Option<Link> {
@@ -647,13 +541,12 @@ async fn connect(shared: &Arc<Shared>, client: &redis::Client, session: Session)
     };
     let (publisher, pubsub) = match timeout(connect_timeout, attempt).await {
         Some(Ok(links)) => links,
-        Some(Err(e)) => {
-            debug!("Redis connect failed: {e}");
-            shared.node().broker_disconnected(session, shared.now());
-            return None;
-        }
-        None => {
-            debug!("Redis connect timed out");
+        failed => {
+            if let Some(Err(e)) = failed {
+                debug!("Redis connect failed: {e}");
+            } else {
+                debug!("Redis connect timed out");
+            }
             shared.node().broker_disconnected(session, shared.now());
             return None;
         }

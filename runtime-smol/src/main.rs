@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use async_signal::{Signal, Signals};
 use clap::Parser;
 use futures_util::StreamExt;
-use roomcast_smol::{Cli, serve};
+use roomcast_smol::{Cli, bind, serve};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -14,13 +14,7 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(url) = &cli.redis
-        && let Err(e) = redis::Client::open(url.as_str())
-    {
-        eprintln!("error: invalid --redis URL {url:?}: {e}");
-        return ExitCode::from(2);
-    }
-    let listener = match std::net::TcpListener::bind(cli.listen) {
+    let listener = match bind(cli.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", cli.listen);

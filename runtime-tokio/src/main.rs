@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use roomcast_tokio::{Cli, serve};
+use roomcast_tokio::{Cli, bind, serve};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -12,36 +12,24 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(url) = &cli.redis
-        && let Err(e) = redis::Client::open(url.as_str())
-    {
-        eprintln!("error: invalid --redis URL {url:?}: {e}");
-        return ExitCode::from(2);
-    }
-    let listener = match std::net::TcpListener::bind(cli.listen) {
+    let listener = match bind(cli.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", cli.listen);
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!("{}", cli.describe(addr));
-        serve(cli, listener, shutdown_signal()).await
-    });
+        .and_then(|rt| {
+            rt.block_on(async move {
+                let addr = listener.local_addr()?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tracing::info!("{}", cli.describe(addr));
+                serve(cli, listener, shutdown_signal()).await
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

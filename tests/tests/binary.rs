@@ -191,13 +191,15 @@ fn binary_with_redis_from_env(rt: Runtime) {
 }
 
 fn binary_rejects_bad_flags(rt: Runtime) {
-    let (code, lines) =
-        Proc::spawn(rt, &["--redis", "http://127.0.0.1:1"], &[]).wait_exit(Duration::from_secs(15));
-    assert_ne!(code, Some(0));
-    assert!(
-        lines.iter().any(|l| l.contains("unsupported Redis URL")),
-        "{lines:?}"
-    );
+    for url in ["http://127.0.0.1:1", "redis://127.0.0.1:port"] {
+        let (code, lines) =
+            Proc::spawn(rt, &["--redis", url], &[]).wait_exit(Duration::from_secs(15));
+        assert_eq!(code, Some(2), "{url}");
+        assert!(
+            lines.iter().any(|l| l.contains("invalid Redis URL")),
+            "{lines:?}"
+        );
+    }
 
     let (code, lines) =
         Proc::spawn(rt, &["--handshake-timeout", "ten"], &[]).wait_exit(Duration::from_secs(15));
@@ -219,4 +221,38 @@ fn binary_rejects_bad_flags(rt: Runtime) {
 
     let (code, _) = Proc::spawn(rt, &["--help"], &[]).wait_exit(Duration::from_secs(15));
     assert_eq!(code, Some(0));
+}
+
+/// The `--redis` check (core, at flag parsing) accepts exactly the URLs
+/// redis-rs can open, so a node never starts with a URL it cannot use.
+#[test]
+fn redis_url_flag_agrees_with_redis_rs() {
+    use clap::Parser;
+    let urls = [
+        "redis://127.0.0.1:6379",
+        "redis://localhost",
+        "redis://localhost/",
+        "redis://:secret@10.0.0.5:7000/2",
+        "redis://user:secret@h:1/0?protocol=resp3",
+        "redis://[::1]:6379",
+        "redis://[::1]/3",
+        "unix:///run/redis.sock",
+        "unix:///run/redis.sock?db=1",
+        "redis+unix:///run/redis.sock",
+        "redis://",
+        "redis://:6379",
+        "redis://h:port",
+        "redis://h:99999",
+        "redis://h:1/db",
+        "redis://[::1",
+        "rediss://h:6380",
+        "http://h:1",
+        "h:6379",
+        "",
+    ];
+    for url in urls {
+        let ours = roomcast_tokio::Cli::try_parse_from(["roomcast", "--redis", url]).is_ok();
+        let theirs = redis::Client::open(url).is_ok();
+        assert_eq!(ours, theirs, "{url:?}: roomcast {ours}, redis-rs {theirs}");
+    }
 }

@@ -1,5 +1,7 @@
 //! A member that never reads is closed as a slow consumer, while the other
-//! members get every message and the node's memory stays bounded.
+//! members get every message and the node's memory stays bounded; and a
+//! member that never reads and is then closed for bad input does not hold
+//! its socket open.
 //!
 //! This file holds only these tests, and they take a lock: the memory check
 //! reads this process's resident set size.
@@ -9,7 +11,10 @@ use std::time::Duration;
 
 use roomcast_tests::{Node, RedisServer, Runtime, rss_bytes, scenarios};
 
-scenarios!(slow_consumer_is_closed);
+scenarios!(
+    slow_consumer_is_closed,
+    refused_client_that_does_not_read_is_let_go
+);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -135,4 +140,69 @@ fn slow_consumer_is_closed(rt: Runtime) {
     fast1.send("firehose", "still flowing");
     assert_eq!(fast1.recv(), "still flowing");
     assert_eq!(fast2.recv(), "still flowing");
+}
+
+/// The largest a loopback socket's kernel buffers grow (`tcp_rmem` and
+/// `tcp_wmem` maxima), so a test can send more than they hold.
+fn kernel_socket_buffers() -> usize {
+    let max = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .unwrap_or(8 << 20)
+    };
+    max("/proc/sys/net/ipv4/tcp_rmem") + max("/proc/sys/net/ipv4/tcp_wmem")
+}
+
+/// A member stops reading and its node's writes back up in the kernel
+/// (under the outbound limit, so it is not a slow consumer yet); then it
+/// sends a frame that is refused. The node cannot deliver the close frame
+/// behind the stuck writes: it lets the socket go after `--shutdown-grace`
+/// instead of holding it (and what it buffered) until the client reads.
+fn refused_client_that_does_not_read_is_let_go(rt: Runtime) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const MESSAGE: usize = 60_000;
+    let total = 2 * kernel_socket_buffers() + (4 << 20);
+    let outbound = (2 * total).to_string();
+    let node = Node::embedded(
+        rt,
+        &["--max-outbound-bytes", &outbound, "--shutdown-grace", "1s"],
+    );
+    let mut stuck = node.client();
+    stuck.join("wall");
+    let mut sender = node.client();
+    let text = "y".repeat(MESSAGE);
+    for _ in 0..total / MESSAGE {
+        sender.send("wall", text.as_str());
+    }
+    sender.sync();
+    // The stuck member, the sender, and this scrape.
+    assert_eq!(node.metric("roomcast_sockets"), 3);
+    assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 0);
+
+    stuck.send_binary(b"refused");
+    assert_eq!(node.wait_metric("roomcast_connections", |v| v == 1), 1);
+    node.wait_metric("roomcast_sockets", |v| v == 2);
+    assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 0);
+
+    // The close frame never made it past the writes that were stuck: the
+    // member finds part of the stream, then its end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut received = 0usize;
+    let ended = loop {
+        match stuck.next_event(deadline) {
+            Some(roomcast_tests::Event::Text(_)) => received += 1,
+            Some(roomcast_tests::Event::Gone(e)) => break e,
+            Some(other) => panic!("after {received} messages: {other:?}"),
+            None => panic!("the socket is still open"),
+        }
+    };
+    eprintln!(
+        "{}: {received} of {} messages read, then {ended}",
+        rt.name(),
+        total / MESSAGE
+    );
+    assert!(received < total / MESSAGE);
+    sender.send("wall", "still served");
+    sender.sync();
 }
