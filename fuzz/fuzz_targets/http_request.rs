@@ -18,10 +18,21 @@
 //! Also: `Incomplete` only below the limit; an upgrade's `head_len` lies in
 //! the buffer, its key is non-empty and trimmed, and re-routing just the head
 //! gives the same upgrade; `index` only turns `/`'s 404 into the page (or a 405).
+//!
+//! Then the bytes go through `HeadReader` and `Node::answer` as a runtime
+//! feeds them, in reads of a few sizes: the reader stops no later than one
+//! read past the limit, it stops exactly where `route` on what it was given
+//! is decided, and the answer agrees: an upgrade's 101 carries the key's
+//! accept value and hands on exactly the bytes past the head; a plain
+//! request gets a response; anything else (or a stream that ends first) is
+//! dropped.
 #![no_main]
 
+use std::time::Duration;
+
 use libfuzzer_sys::fuzz_target;
-use roomcast_core::http::{Decision, MAX_HEAD_BYTES, Route, route};
+use roomcast_core::http::{Decision, HeadReader, MAX_HEAD_BYTES, Reply, Route, accept_key, route};
+use roomcast_core::{BrokerMode, HubConfig, Node};
 
 /// Line ends checked as split points, at most.
 const MAX_LINE_SPLITS: usize = 24;
@@ -93,4 +104,61 @@ fn check(data: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| check(data));
+fn check_reader(data: &[u8], chunk: usize) {
+    let mut head = HeadReader::new(true);
+    let mut fed = 0;
+    loop {
+        let buf = head.buf();
+        assert!(!buf.is_empty(), "no room to read into");
+        let n = buf.len().min(chunk).min(data.len() - fed);
+        buf[..n].copy_from_slice(&data[fed..fed + n]);
+        fed += n;
+        let stop = head.advance(n);
+        let seen = route(&data[..fed], true);
+        assert_eq!(
+            stop,
+            n == 0 || seen != Decision::Incomplete,
+            "stopped {stop} after {fed} bytes decided {seen:?}"
+        );
+        if stop {
+            break;
+        }
+        assert!(fed < MAX_HEAD_BYTES, "still reading past the limit");
+    }
+    let seen = route(&data[..fed], true);
+    let mut node = Node::new(HubConfig::default(), BrokerMode::Local, Duration::ZERO);
+    match node.answer(head) {
+        Reply::Upgrade { response, rest } => {
+            let Decision::Upgrade { key, head_len } = seen else {
+                panic!("upgraded on {seen:?}")
+            };
+            assert_eq!(rest, &data[head_len..fed], "bytes past the head");
+            let response = String::from_utf8(response).expect("ASCII response");
+            assert!(response.starts_with("HTTP/1.1 101 "));
+            let accept = format!("Sec-WebSocket-Accept: {}\r\n", accept_key(&key));
+            assert!(response.contains(&accept), "{response}");
+        }
+        Reply::Respond(r) => {
+            assert!(matches!(seen, Decision::Route { .. }), "answered {seen:?}");
+            assert!(r.starts_with(b"HTTP/1.1 "));
+            assert_eq!(node.io_stats().http_requests, 1);
+        }
+        Reply::Drop => {
+            match seen {
+                Decision::Invalid => {}
+                Decision::Incomplete => assert_eq!(fed, data.len(), "dropped mid-head"),
+                other => panic!("dropped {other:?}"),
+            }
+            assert_eq!(node.io_stats().handshake_failures, 1);
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    check_reader(data, 1024);
+    check_reader(data, 3 + data.len() % 61);
+    if data.len() <= 256 {
+        check_reader(data, 1);
+    }
+});
