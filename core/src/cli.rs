@@ -170,52 +170,48 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Accepts what redis-rs (without TLS) accepts:
-/// `redis://[user][:password@]host[:port][/db][?query]` and
-/// `unix:///path[?query]` (or `redis+unix://`), so that a bad URL is a
-/// start-up error and never a node that silently cannot connect.
-/// (`tests/tests/binary.rs` checks it against redis-rs's own parser.)
+/// Checks the shape of a Redis URL at flag parsing, for a clear error at
+/// once: `redis://[user][:password@]host[:port][/db][?query]` or
+/// `unix:///path[?query]` (also `valkey://`, `redis+unix://`,
+/// `valkey+unix://`). It accepts every URL redis-rs (built without TLS)
+/// accepts; the runtimes then open the URL with redis-rs before serving and
+/// refuse the few it still rejects (a wildcard host, a bad `protocol`),
+/// so a node never starts with a URL it cannot use.
+/// `tests/tests/binary.rs` holds both checks to redis-rs's parser.
 pub fn parse_redis_url(s: &str) -> Result<String, String> {
     let bad = |why: &str| Err(format!("invalid Redis URL {s:?}: {why}"));
     let Some((scheme, rest)) = s.split_once("://") else {
         return bad("expected redis://host:port or unix:///path");
     };
-    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
-    match scheme {
-        "redis" => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "redis" | "valkey" => {
             let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
             let (host, port) = match host_port.strip_prefix('[') {
                 Some(v6) => match v6.split_once(']') {
-                    Some((h, p)) => (h, p.strip_prefix(':')),
+                    Some((h, p)) => (h, p.strip_prefix(':').unwrap_or(p)),
                     None => return bad("unclosed [ in the host"),
                 },
-                None => match host_port.rsplit_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (host_port, None),
-                },
+                None => host_port.rsplit_once(':').unwrap_or((host_port, "")),
             };
             if host.is_empty() {
                 return bad("no host");
             }
-            if host.contains(['/', '@', ' ']) {
-                return bad("bad host");
-            }
-            if let Some(p) = port
-                && p.parse::<u16>().is_err()
-            {
+            if !port.is_empty() && port.parse::<u16>().is_err() {
                 return bad("the port is not a number from 0 to 65535");
             }
-            if !path.is_empty() && path.parse::<i64>().is_err() {
+            let db = path.trim_matches('/');
+            if !db.is_empty() && db.parse::<i64>().is_err() {
                 return bad("the database (the path) is not a number");
             }
         }
-        "unix" | "redis+unix" => {
-            if !rest.starts_with('/') || rest.len() < 2 {
+        "unix" | "redis+unix" | "valkey+unix" => {
+            if !rest.contains('/') {
                 return bad("expected unix:///absolute/path");
             }
         }
-        "rediss" => return bad("TLS (rediss://) is not supported"),
+        "rediss" | "valkeys" => return bad("TLS (rediss://) is not supported"),
         _ => return bad("expected redis://host:port or unix:///path"),
     }
     Ok(s.to_string())
@@ -271,6 +267,12 @@ mod tests {
             "redis://[::1]:6379/0",
             "unix:///run/redis.sock",
             "redis+unix:///run/redis.sock?db=2",
+            "valkey://h:1",
+            "REDIS://h:1",
+            "redis://h:",
+            "redis://h:1/0/",
+            "redis://h:1#x",
+            "unix://localhost/run/r.sock",
         ] {
             assert_eq!(parse_redis_url(ok).as_deref(), Ok(ok));
         }
@@ -285,6 +287,7 @@ mod tests {
             "redis://[::1",
             "rediss://h:1",
             "unix://relative",
+            "valkeys://h:1",
         ] {
             assert!(parse_redis_url(bad).is_err(), "{bad} accepted");
         }

@@ -67,7 +67,7 @@ pub use http::{HeadReader, Reply};
 pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
 pub use node::{
     ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerMode, BrokerOp, Finish, IoStats,
-    Node, Outgoing,
+    Node, Outgoing, WRITE_BATCH_BYTES,
 };
 pub use protocol::{ClientFrame, FrameError, Message};
 

@@ -42,6 +42,11 @@ pub enum BrokerMode {
 /// let go ([`Finish::Close`] with `abort`).
 pub const ABORT_CLOSE_WAIT: Duration = Duration::from_millis(100);
 
+/// The most a connection's writer takes from its outbox at once (or one
+/// frame, if larger): while the socket is full, what the writer holds beyond
+/// the outbound limit stays this small.
+pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// At shutdown, how long the broker task may take to finish what is queued
 /// (Redis may hang) before it is cancelled.
 pub const BROKER_STOP_WAIT: Duration = Duration::from_secs(1);
@@ -72,7 +77,8 @@ pub enum Finish {
 /// What a connection's writer must do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    /// Write these frames, in order, then flush once.
+    /// Write these frames, in order, then flush once. At most
+    /// [`WRITE_BATCH_BYTES`] (or one larger frame); poll again for the rest.
     Frames(Vec<Bytes>),
     /// Stop writing and end the connection this way.
     Finish(Finish),
@@ -340,13 +346,24 @@ impl Node {
     /// to stop. `None`: the writer has a close to send; wait for it, but no
     /// longer than the shutdown grace (it may be stuck on a client that does
     /// not read), then drop the socket.
+    ///
+    /// A slow consumer (the close is an abort) ends at once, as from
+    /// [`Node::poll_abort`]: its writer is stuck and will not send the close.
     pub fn reading_ended(&self, conn: ConnId, peer_closed: bool) -> Option<Finish> {
         if peer_closed {
-            Some(Finish::Answer)
-        } else if self.is_closing(conn) && self.outboxes.contains_key(&conn) {
-            None
-        } else {
-            Some(Finish::Drop)
+            return Some(Finish::Answer);
+        }
+        match self.outboxes.get(&conn) {
+            Some(Outbox {
+                close: Some((code, reason)),
+                abort,
+                ..
+            }) => abort.then(|| Finish::Close {
+                code: *code,
+                reason: reason.clone(),
+                abort: true,
+            }),
+            _ => Some(Finish::Drop),
         }
     }
 
@@ -415,8 +432,26 @@ impl Node {
             return Poll::Ready(Outgoing::Finish(Finish::Drop));
         };
         if !ob.frames.is_empty() {
-            ob.bytes = 0;
-            return Poll::Ready(Outgoing::Frames(Vec::from(std::mem::take(&mut ob.frames))));
+            // Take at most a batch, so that what the writer holds while the
+            // socket is full stays small: the rest is still counted against
+            // the outbound limit.
+            if ob.bytes <= WRITE_BATCH_BYTES {
+                ob.bytes = 0;
+                return Poll::Ready(Outgoing::Frames(Vec::from(std::mem::take(&mut ob.frames))));
+            }
+            let mut taken = 0;
+            let n = ob
+                .frames
+                .iter()
+                .take_while(|f| {
+                    let first = taken == 0;
+                    taken += f.len();
+                    first || taken <= WRITE_BATCH_BYTES
+                })
+                .count();
+            let batch: Vec<Bytes> = ob.frames.drain(..n).collect();
+            ob.bytes -= batch.iter().map(Bytes::len).sum::<usize>();
+            return Poll::Ready(Outgoing::Frames(batch));
         }
         if let Some((code, reason)) = &ob.close {
             if ob.close_taken {
@@ -833,6 +868,68 @@ mod tests {
                 abort: false
             }))
         );
+    }
+
+    #[test]
+    fn a_member_that_overflows_its_own_outbox_is_aborted_when_its_reader_stops() {
+        let mut cfg = HubConfig::default();
+        cfg.limits.max_outbound_bytes = 64;
+        let mut n = Node::new(cfg, BrokerMode::Local, Duration::ZERO);
+        let a = n.open();
+        assert!(n.frame(a, Inbound::Text(sub("r").as_bytes())));
+        // It never drains; its own messages come back to it until it overflows.
+        let mut frames = 0;
+        while n.frame(a, Inbound::Text(send("r", "0123456789").as_bytes())) {
+            frames += 1;
+            assert!(frames < 100);
+        }
+        let close = Finish::Close {
+            code: 1008,
+            reason: "slow consumer".into(),
+            abort: true,
+        };
+        assert_eq!(n.reading_ended(a, false), Some(close.clone()));
+        let (_, w) = waker();
+        assert_eq!(
+            n.poll_abort(a, &mut Context::from_waker(&w)),
+            Poll::Ready(close)
+        );
+    }
+
+    #[test]
+    fn a_writer_takes_at_most_a_batch_and_the_rest_stays_counted() {
+        let mut cfg = HubConfig::default();
+        cfg.limits.max_outbound_bytes = 1 << 20;
+        cfg.limits.max_frame_bytes = 1 << 20;
+        let mut n = Node::new(cfg, BrokerMode::Local, Duration::ZERO);
+        let a = n.open();
+        n.frame(a, Inbound::Text(sub("r").as_bytes()));
+        let msg = "x".repeat(10_000);
+        for _ in 0..20 {
+            n.frame(a, Inbound::Text(send("r", &msg).as_bytes()));
+        }
+        assert_eq!(n.queued_bytes(a), 200_000);
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut sizes = Vec::new();
+        while let Poll::Ready(Outgoing::Frames(batch)) = n.poll_outgoing(a, &mut cx) {
+            let bytes: usize = batch.iter().map(Bytes::len).sum();
+            assert!(bytes <= WRITE_BATCH_BYTES);
+            sizes.push(batch.len());
+            assert_eq!(
+                n.queued_bytes(a),
+                200_000 - 10_000 * sizes.iter().sum::<usize>()
+            );
+        }
+        assert_eq!(sizes, [6, 6, 6, 2]);
+        // A frame larger than a batch still goes, alone.
+        let big = "y".repeat(WRITE_BATCH_BYTES + 1);
+        n.frame(a, Inbound::Text(send("r", &big).as_bytes()));
+        n.frame(a, Inbound::Text(send("r", "z").as_bytes()));
+        assert!(
+            matches!(n.poll_outgoing(a, &mut cx), Poll::Ready(Outgoing::Frames(b)) if b.len() == 1 && b[0].len() > WRITE_BATCH_BYTES)
+        );
+        assert_eq!(n.queued_bytes(a), 1);
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct ModelConn {
     bytes: usize,
     /// Set once the hub closed it; the writer has not finished yet.
     close: Option<(u16, String)>,
+    /// The close drops it at once (a slow consumer).
+    abort: bool,
 }
 
 /// The reference model: plain sets and queues, obviously right.
@@ -184,6 +186,7 @@ impl Model {
                 c.bytes = 0;
             }
             c.close = Some((code, reason.to_string()));
+            c.abort = discard;
         }
     }
 
@@ -552,8 +555,17 @@ impl Harness {
                         .conns
                         .get_mut(&id)
                         .expect("frames for a known conn");
-                    let want: Vec<Bytes> = c.queue.drain(..).collect();
-                    c.bytes = 0;
+                    // A batch: the queue's first frames, at most
+                    // WRITE_BATCH_BYTES of them (or one larger frame).
+                    let bytes: usize = frames.iter().map(Bytes::len).sum();
+                    assert!(
+                        !frames.is_empty()
+                            && (frames.len() == 1 || bytes <= crate::node::WRITE_BATCH_BYTES),
+                        "c: a batch of {} frames, {bytes} bytes",
+                        frames.len()
+                    );
+                    let want: Vec<Bytes> = c.queue.drain(..frames.len()).collect();
+                    c.bytes -= bytes;
                     assert_eq!(frames, want, "c: frames delivered to {id}");
                 }
                 Poll::Ready(Outgoing::Finish(Finish::Close { code, reason, .. })) => {
@@ -742,8 +754,17 @@ impl Harness {
             );
             assert_eq!(hub.is_open(*id), c.close.is_none());
             // A reader that stops waits for the writer only when it has a
-            // close to send; a peer's close is always answered.
-            let want = c.close.as_ref().map_or(Some(Finish::Drop), |_| None);
+            // close to send, and not for a slow consumer's; a peer's close
+            // is always answered.
+            let want = match &c.close {
+                None => Some(Finish::Drop),
+                Some((code, reason)) if c.abort => Some(Finish::Close {
+                    code: *code,
+                    reason: reason.clone(),
+                    abort: true,
+                }),
+                Some(_) => None,
+            };
             assert_eq!(self.node.reading_ended(*id, false), want, "end of {id}");
             assert_eq!(self.node.reading_ended(*id, true), Some(Finish::Answer));
         }

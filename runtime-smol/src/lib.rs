@@ -120,6 +120,21 @@ async fn until<T>(timer: Timer, f: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
+/// Opens `--redis` with redis-rs, which has the last word on the URL (the
+/// flag check is structural): a URL it refuses is an `InvalidInput` error
+/// before anything is served.
+pub fn redis_client(cli: &Cli) -> io::Result<Option<redis::Client>> {
+    let open = |url: &String| {
+        redis::Client::open(url.as_str()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid Redis URL {url:?}: {e}"),
+            )
+        })
+    };
+    cli.redis.as_ref().map(open).transpose()
+}
+
 /// A node running on its own thread.
 pub struct Running {
     addr: SocketAddr,
@@ -159,6 +174,7 @@ impl Drop for Running {
 /// Binds `cli.listen` and runs a node on a new thread until
 /// [`Running::shutdown`].
 pub fn start(cli: Cli) -> io::Result<Running> {
+    redis_client(&cli)?;
     let listener = bind(cli.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = smol::channel::bounded::<()>(1);
@@ -215,6 +231,7 @@ async fn run(
     shutdown: impl Future<Output = ()>,
     executor: Weak<Executor<'static>>,
 ) -> io::Result<()> {
+    let redis = redis_client(&cli)?;
     // Per-process entropy, so that a fleet's nodes do not retry in step.
     let jitter_seed = RandomState::new().hash_one(std::process::id());
     let shared = Arc::new(Shared {
@@ -224,11 +241,7 @@ async fn run(
         cli,
         executor,
     });
-    let broker = shared
-        .cli
-        .redis
-        .clone()
-        .map(|url| shared.spawn(broker_task(shared.clone(), url)));
+    let broker = redis.map(|client| shared.spawn(broker_task(shared.clone(), client)));
     let timer = shared.spawn(timer_task(shared.clone()));
 
     let mut shutdown = pin!(shutdown);
@@ -244,9 +257,10 @@ async fn run(
             None => break,
             Some(Ok((stream, _))) => {
                 // Refused over the limit: dropped here.
-                if let Some(head) = shared.node().admit() {
-                    let task = handle_socket(shared.clone(), stream, head);
-                    shared.spawn(task).detach();
+                let admitted = shared.node().admit();
+                if let Some(head) = admitted {
+                    let guard = SocketGuard(shared.clone());
+                    shared.spawn(handle_socket(guard, stream, head)).detach();
                 }
                 future::yield_now().await;
             }
@@ -272,7 +286,8 @@ async fn run(
     Ok(())
 }
 
-/// Reports the socket's end to core however its task ends.
+/// Reports the socket's end to core however its task ends, even if it is
+/// dropped before it first runs: made at admission, moved into the task.
 struct SocketGuard(Arc<Shared>);
 
 impl Drop for SocketGuard {
@@ -281,8 +296,8 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream, mut head: HeadReader) {
-    let _guard = SocketGuard(shared.clone());
+async fn handle_socket(guard: SocketGuard, mut stream: TcpStream, mut head: HeadReader) {
+    let shared = guard.0.clone();
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now().checked_add(shared.cli.handshake_timeout);
     let timer = || deadline.map_or_else(Timer::never, Timer::at);
@@ -466,14 +481,7 @@ struct Link {
 }
 
 /// Runs core's broker operations against Redis until core says stop.
-async fn broker_task(shared: Arc<Shared>, url: String) {
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("invalid Redis URL: {e}");
-            return;
-        }
-    };
+async fn broker_task(shared: Arc<Shared>, client: redis::Client) {
     let t = shared.cli.redis_timeout;
     let mut link: Option<Link> = None;
     while let Some(ops) = poll_fn(|cx| shared.node().poll_broker(cx)).await {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use async_signal::{Signal, Signals};
 use clap::Parser;
 use futures_util::StreamExt;
-use roomcast_smol::{Cli, bind, serve};
+use roomcast_smol::{Cli, bind, redis_client, serve};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = redis_client(&cli) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let listener = match bind(cli.listen) {
         Ok(l) => l,
         Err(e) => {

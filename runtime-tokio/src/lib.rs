@@ -78,6 +78,21 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Opens `--redis` with redis-rs, which has the last word on the URL (the
+/// flag check is structural): a URL it refuses is an `InvalidInput` error
+/// before anything is served.
+pub fn redis_client(cli: &Cli) -> io::Result<Option<redis::Client>> {
+    let open = |url: &String| {
+        redis::Client::open(url.as_str()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid Redis URL {url:?}: {e}"),
+            )
+        })
+    };
+    cli.redis.as_ref().map(open).transpose()
+}
+
 /// A node running on its own thread.
 pub struct Running {
     addr: SocketAddr,
@@ -118,6 +133,7 @@ impl Drop for Running {
 /// Binds `cli.listen` and runs a node on a new thread until
 /// [`Running::shutdown`].
 pub fn start(cli: Cli) -> io::Result<Running> {
+    redis_client(&cli)?;
     let listener = bind(cli.listen)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -151,6 +167,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let redis = redis_client(&cli)?;
     // Per-process entropy, so that a fleet's nodes do not retry in step.
     let jitter_seed = RandomState::new().hash_one(std::process::id());
     let shared = Arc::new(Shared {
@@ -159,10 +176,7 @@ pub async fn serve(
         ws_config: ws_config(&cli),
         cli,
     });
-    let broker = shared.cli.redis.clone().map(|url| {
-        let shared = shared.clone();
-        tokio::spawn(async move { broker_task(shared, url).await })
-    });
+    let broker = redis.map(|client| tokio::spawn(broker_task(shared.clone(), client)));
     let timer = tokio::spawn(timer_task(shared.clone()));
 
     tokio::pin!(shutdown);
@@ -172,8 +186,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     // Refused over the limit: dropped here.
-                    if let Some(head) = shared.node().admit() {
-                        tokio::spawn(handle_socket(shared.clone(), stream, head));
+                    let admitted = shared.node().admit();
+                    if let Some(head) = admitted {
+                        let guard = SocketGuard(shared.clone());
+                        tokio::spawn(handle_socket(guard, stream, head));
                     }
                 }
                 Err(e) => {
@@ -198,7 +214,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Reports the socket's end to core however its task ends.
+/// Reports the socket's end to core however its task ends, even if it is
+/// dropped before it first runs: made at admission, moved into the task.
 struct SocketGuard(Arc<Shared>);
 
 impl Drop for SocketGuard {
@@ -207,8 +224,8 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn handle_socket(shared: Arc<Shared>, mut stream: TcpStream, mut head: HeadReader) {
-    let _guard = SocketGuard(shared.clone());
+async fn handle_socket(guard: SocketGuard, mut stream: TcpStream, mut head: HeadReader) {
+    let shared = guard.0.clone();
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.cli.handshake_timeout;
     let read = async {
@@ -395,14 +412,7 @@ impl Drop for Link {
 }
 
 /// Runs core's broker operations against Redis until core says stop.
-async fn broker_task(shared: Arc<Shared>, url: String) {
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("invalid Redis URL: {e}");
-            return;
-        }
-    };
+async fn broker_task(shared: Arc<Shared>, client: redis::Client) {
     let t = shared.cli.redis_timeout;
     let mut link: Option<Link> = None;
     while let Some(ops) = poll_fn(|cx| shared.node().poll_broker(cx)).await {

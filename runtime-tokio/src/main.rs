@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use roomcast_tokio::{Cli, bind, serve};
+use roomcast_tokio::{Cli, bind, redis_client, serve};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = redis_client(&cli) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let listener = match bind(cli.listen) {
         Ok(l) => l,
         Err(e) => {

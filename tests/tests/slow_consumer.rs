@@ -1,7 +1,7 @@
 //! A member that never reads is closed as a slow consumer, while the other
-//! members get every message and the node's memory stays bounded; and a
-//! member that never reads and is then closed for bad input does not hold
-//! its socket open.
+//! members get every message and the node's memory stays bounded; a member
+//! that never reads and is then closed for bad input does not hold its
+//! socket open; and one that floods its own room is dropped at once.
 //!
 //! This file holds only these tests, and they take a lock: the memory check
 //! reads this process's resident set size.
@@ -9,11 +9,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use roomcast_tests::{Node, RedisServer, Runtime, rss_bytes, scenarios};
+use roomcast_tests::{Client, Node, RedisServer, Runtime, rss_bytes, scenarios};
 
 scenarios!(
     slow_consumer_is_closed,
-    refused_client_that_does_not_read_is_let_go
+    refused_client_that_does_not_read_is_let_go,
+    member_that_floods_itself_is_dropped_at_once
 );
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -154,39 +155,38 @@ fn kernel_socket_buffers() -> usize {
     max("/proc/sys/net/ipv4/tcp_rmem") + max("/proc/sys/net/ipv4/tcp_wmem")
 }
 
-/// A member stops reading and its node's writes back up in the kernel
-/// (under the outbound limit, so it is not a slow consumer yet); then it
-/// sends a frame that is refused. The node cannot deliver the close frame
-/// behind the stuck writes: it lets the socket go after `--shutdown-grace`
-/// instead of holding it (and what it buffered) until the client reads.
-fn refused_client_that_does_not_read_is_let_go(rt: Runtime) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    const MESSAGE: usize = 60_000;
+const BIG: usize = 60_000;
+
+/// A node with a member in room "wall" that has stopped reading, and its
+/// writes to that member stuck on a full socket: a sender filled the room
+/// with more than the kernel's socket buffers hold, all still under the
+/// outbound limit (the outbox holds the rest). The limit leaves room for
+/// about `headroom` more bytes before the member is a slow consumer.
+fn stuck_member(rt: Runtime, grace: &str, headroom: usize) -> (Node, Client, Client) {
     let total = 2 * kernel_socket_buffers() + (4 << 20);
-    let outbound = (2 * total).to_string();
+    let outbound = (total + headroom).to_string();
     let node = Node::embedded(
         rt,
-        &["--max-outbound-bytes", &outbound, "--shutdown-grace", "1s"],
+        &["--max-outbound-bytes", &outbound, "--shutdown-grace", grace],
     );
     let mut stuck = node.client();
     stuck.join("wall");
     let mut sender = node.client();
-    let text = "y".repeat(MESSAGE);
-    for _ in 0..total / MESSAGE {
+    let text = "y".repeat(BIG);
+    for _ in 0..total / BIG {
         sender.send("wall", text.as_str());
     }
     sender.sync();
     // The stuck member, the sender, and this scrape.
     assert_eq!(node.metric("roomcast_sockets"), 3);
     assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 0);
+    (node, stuck, sender)
+}
 
-    stuck.send_binary(b"refused");
-    assert_eq!(node.wait_metric("roomcast_connections", |v| v == 1), 1);
-    node.wait_metric("roomcast_sockets", |v| v == 2);
-    assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 0);
-
-    // The close frame never made it past the writes that were stuck: the
-    // member finds part of the stream, then its end.
+/// Reads what the stuck member can still get: part of the stream, then its
+/// end, never the rest of the messages nor a close frame (it was behind the
+/// writes that were stuck).
+fn read_to_the_end(rt: Runtime, stuck: &mut Client) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut received = 0usize;
     let ended = loop {
@@ -197,12 +197,53 @@ fn refused_client_that_does_not_read_is_let_go(rt: Runtime) {
             None => panic!("the socket is still open"),
         }
     };
-    eprintln!(
-        "{}: {received} of {} messages read, then {ended}",
-        rt.name(),
-        total / MESSAGE
-    );
-    assert!(received < total / MESSAGE);
+    eprintln!("{}: {received} messages read, then {ended}", rt.name());
+    assert!(received < 2 * kernel_socket_buffers() / BIG);
+}
+
+/// The stuck member sends a frame that is refused. The node cannot deliver
+/// the close frame behind the stuck writes: it lets the socket go after
+/// `--shutdown-grace` instead of holding it (and what it buffered) until the
+/// client reads.
+fn refused_client_that_does_not_read_is_let_go(rt: Runtime) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (node, mut stuck, mut sender) = stuck_member(rt, "1s", 64 << 20);
+    stuck.send_binary(b"refused");
+    assert_eq!(node.wait_metric("roomcast_connections", |v| v == 1), 1);
+    node.wait_metric("roomcast_sockets", |v| v == 2);
+    assert_eq!(node.metric("roomcast_slow_consumer_closes_total"), 0);
+    read_to_the_end(rt, &mut stuck);
     sender.send("wall", "still served");
     sender.sync();
+}
+
+/// The stuck member sends to its own room until its outbound queue
+/// overflows: a slow consumer, closed from its own frame while its writer is
+/// stuck. It is dropped at once, as every slow consumer, not after the
+/// shutdown grace (long here) that a writer with a close to send gets.
+fn member_that_floods_itself_is_dropped_at_once(rt: Runtime) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let headroom = 2 << 20;
+    let (node, mut stuck, _sender) = stuck_member(rt, "60s", headroom);
+    let text = "z".repeat(BIG);
+    // The kernel took some of what was sent: at most that, plus the
+    // headroom, overflows the outbox. Writes fail once the node let go.
+    let enough = (kernel_socket_buffers() + headroom) / BIG + 16;
+    let frame = roomcast_tests::json!({"type": "sendMessage", "roomId": "wall", "message": text});
+    let frame = frame.to_string();
+    let mut sent = 0;
+    while sent < enough
+        && node.metric("roomcast_slow_consumer_closes_total") == 0
+        && stuck
+            .try_write(tungstenite::Message::text(frame.as_str()))
+            .is_ok()
+    {
+        sent += 1;
+    }
+    node.wait_metric("roomcast_slow_consumer_closes_total", |v| v == 1);
+    // Well within the 60 s grace.
+    node.wait_metric("roomcast_sockets", |v| v == 2);
+    assert_eq!(node.metric("roomcast_connections"), 1);
+    eprintln!("{}: dropped after {sent} frames of its own", rt.name());
+    read_to_the_end(rt, &mut stuck);
 }
