@@ -94,6 +94,11 @@ pub enum Inbound<'a> {
     /// A frame over the size limit, refused by the WebSocket layer before it
     /// was read whole.
     TooLarge,
+    /// A text frame that is not UTF-8, refused by the WebSocket layer.
+    NotUtf8,
+    /// A frame that breaks the WebSocket protocol (reserved bits, no mask, a
+    /// bad opcode or fragmentation), refused by the WebSocket layer.
+    ProtocolError,
 }
 
 /// Where the broker session stands.
@@ -338,6 +343,8 @@ impl Hub {
             Inbound::TooLarge => Err(FrameError::TooLarge {
                 max: self.cfg.limits.max_frame_bytes,
             }),
+            Inbound::NotUtf8 => Err(FrameError::NotUtf8),
+            Inbound::ProtocolError => Err(FrameError::Protocol),
         };
         let result = match parsed {
             Ok(ClientFrame::Subscribe { room }) => self.join(conn, &room),

@@ -22,8 +22,13 @@ use crate::config::Limits;
 
 /// WebSocket close code 1001: the server is going away (shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code 1002: the client broke the WebSocket protocol.
+pub const CLOSE_PROTOCOL: u16 = 1002;
 /// WebSocket close code 1003: unsupported data (a binary frame).
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
+/// WebSocket close code 1007: data inconsistent with its type (a text frame
+/// that is not UTF-8).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// WebSocket close code 1008: policy violation (bad command, limit, slow consumer).
 pub const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code 1009: message too big.
@@ -111,6 +116,10 @@ pub enum FrameError {
     TooLarge { max: usize },
     #[error("binary frames are not supported")]
     Binary,
+    /// Refused by the WebSocket layer: reserved bits, an unmasked frame, a
+    /// bad opcode or fragmentation, a bad close frame.
+    #[error("WebSocket protocol error")]
+    Protocol,
     #[error("frame is not valid UTF-8")]
     NotUtf8,
     #[error("frame is not valid JSON")]
@@ -151,6 +160,8 @@ impl FrameError {
         match self {
             FrameError::TooLarge { .. } => CLOSE_TOO_BIG,
             FrameError::Binary => CLOSE_UNSUPPORTED,
+            FrameError::Protocol => CLOSE_PROTOCOL,
+            FrameError::NotUtf8 => CLOSE_INVALID_DATA,
             _ => CLOSE_POLICY,
         }
     }
@@ -160,6 +171,7 @@ impl FrameError {
         match self {
             FrameError::TooLarge { .. } => "too_large",
             FrameError::Binary => "binary",
+            FrameError::Protocol => "protocol",
             FrameError::NotUtf8 => "not_utf8",
             FrameError::NotJson => "not_json",
             FrameError::NotObject => "not_object",
@@ -177,9 +189,10 @@ impl FrameError {
     }
 
     /// Every label, for metrics that list each reason even at zero.
-    pub const LABELS: [&'static str; 15] = [
+    pub const LABELS: [&'static str; 16] = [
         "too_large",
         "binary",
+        "protocol",
         "not_utf8",
         "not_json",
         "not_object",
@@ -621,6 +634,8 @@ mod tests {
             parse_client_frame(b"\xff\xfe", &limits()),
             Err(FrameError::NotUtf8)
         );
+        assert_eq!(FrameError::NotUtf8.close_code(), CLOSE_INVALID_DATA);
+        assert_eq!(FrameError::Protocol.close_code(), CLOSE_PROTOCOL);
     }
 
     #[test]

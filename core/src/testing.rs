@@ -56,7 +56,7 @@ pub const BAD_FRAMES: [(&[u8], u16, &str); 7] = [
         1008,
         "room name longer than 16 bytes",
     ),
-    (b"\xff\xfe", 1008, "frame is not valid UTF-8"),
+    (b"\xff\xfe", 1007, "frame is not valid UTF-8"),
 ];
 
 /// One input to the system. Connection and room operands are indices,
@@ -88,6 +88,10 @@ pub enum Op {
     /// Milliseconds pass.
     Advance(u16),
     Shutdown,
+    /// The WebSocket layer refused a text frame that is not UTF-8.
+    NotUtf8(u8),
+    /// The WebSocket layer refused a frame that breaks the protocol.
+    ProtocolError(u8),
 }
 
 /// The configuration the harness runs with: small limits so that every
@@ -389,6 +393,20 @@ impl Harness {
                     self.frame(id, Inbound::Binary);
                     self.model
                         .close(id, 1003, "binary frames are not supported", false);
+                }
+            }
+            Op::NotUtf8(i) => {
+                if let Some(id) = self.pick(i) {
+                    self.frame(id, Inbound::NotUtf8);
+                    self.model
+                        .close(id, 1007, "frame is not valid UTF-8", false);
+                }
+            }
+            Op::ProtocolError(i) => {
+                if let Some(id) = self.pick(i) {
+                    self.frame(id, Inbound::ProtocolError);
+                    self.model
+                        .close(id, 1002, "WebSocket protocol error", false);
                 }
             }
             Op::TooLarge(i) => {

@@ -13,7 +13,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use roomcast_core::testing::{Harness, Op};
 
 /// Number of variants of `Op`.
-const VARIANTS: u64 = 17;
+const VARIANTS: u64 = 19;
 
 fn variant(op: &Op) -> u64 {
     match op {
@@ -34,6 +34,8 @@ fn variant(op: &Op) -> u64 {
         Op::BrokerPong => 14,
         Op::Advance(..) => 15,
         Op::Shutdown => 16,
+        Op::NotUtf8(..) => 17,
+        Op::ProtocolError(..) => 18,
     }
 }
 
@@ -54,6 +56,8 @@ fn encode(ops: &[Op]) -> Vec<u8> {
             Op::Close(a)
             | Op::Binary(a)
             | Op::TooLarge(a)
+            | Op::NotUtf8(a)
+            | Op::ProtocolError(a)
             | Op::OutboundFull(a)
             | Op::Drain(a)
             | Op::BrokerJunk(a) => out.push(a),
@@ -161,6 +165,10 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
                 BadFrame(8, 6),
                 Binary(9),
                 TooLarge(0),
+                Open,
+                Open,
+                NotUtf8(10),
+                ProtocolError(11),
                 OutboundFull(1),
                 BrokerJunk(0),
                 Drain(2),

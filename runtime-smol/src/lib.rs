@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake as EndedEarly;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -357,6 +358,8 @@ async fn run_connection(shared: Arc<Shared>, ws: Ws) {
                     }
                     Ok(_) => continue,
                     Err(WsError::Capacity(_)) => Inbound::TooLarge,
+                    Err(WsError::Utf8(_)) => Inbound::NotUtf8,
+                    Err(WsError::Protocol(e)) if !matches!(e, EndedEarly) => Inbound::ProtocolError,
                     Err(_) => break,
                 };
                 if !shared.node().frame(id, input) {

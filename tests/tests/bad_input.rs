@@ -14,6 +14,27 @@ enum Bad {
     Binary,
     /// A text frame of this many bytes.
     Long(usize),
+    /// Bytes written straight to the socket, past the client's WebSocket
+    /// library: frames it would never send.
+    Raw(Vec<u8>),
+}
+
+/// A client frame (masked, as clients must) with this first byte and
+/// payload.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![first];
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => f.push(0x80 | n as u8),
+        Ok(n) => {
+            f.push(0x80 | 126);
+            f.extend(n.to_be_bytes());
+        }
+        Err(_) => panic!("frame too long for this helper"),
+    }
+    f.extend(mask);
+    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    f
 }
 
 struct Case {
@@ -133,6 +154,38 @@ fn cases() -> Vec<Case> {
             label: "too_large",
         },
         Case {
+            before: vec![subscribe("a")],
+            // FIN + text, payload not UTF-8.
+            frame: Bad::Raw(masked(0x81, b"\xff\xfe")),
+            code: 1007,
+            reason: "frame is not valid UTF-8",
+            label: "not_utf8",
+        },
+        Case {
+            before: vec![subscribe("a")],
+            // FIN + RSV1 + text: no extension was negotiated.
+            frame: Bad::Raw(masked(0xc1, b"x")),
+            code: 1002,
+            reason: "WebSocket protocol error",
+            label: "protocol",
+        },
+        Case {
+            before: Vec::new(),
+            // FIN + text, unmasked.
+            frame: Bad::Raw(vec![0x81, 0x01, b'x']),
+            code: 1002,
+            reason: "WebSocket protocol error",
+            label: "protocol",
+        },
+        Case {
+            before: Vec::new(),
+            // A ping with a payload over 125 bytes.
+            frame: Bad::Raw(masked(0x89, &[b'p'; 126])),
+            code: 1002,
+            reason: "WebSocket protocol error",
+            label: "protocol",
+        },
+        Case {
             before: Vec::new(),
             frame: Bad::Long(200_000),
             code: 1009,
@@ -168,6 +221,10 @@ fn bad_input_closes_only_the_offender(rt: Runtime) {
                 // The node may close before it has read the whole frame.
                 let _ = bad.send_raw_text_len(*n);
             }
+            Bad::Raw(bytes) => {
+                use std::io::Write;
+                bad.tcp().write_all(bytes).expect("write a raw frame");
+            }
         }
         bad.expect_close(c.code, c.reason);
         *expected.entry(c.label).or_default() += 1;
@@ -189,6 +246,8 @@ fn bad_input_closes_only_the_offender(rt: Runtime) {
     for label in [
         "too_large",
         "binary",
+        "protocol",
+        "not_utf8",
         "not_json",
         "not_object",
         "duplicate_field",
