@@ -86,6 +86,15 @@ pub enum Outgoing {
 
 /// One operation for the broker client, in the order given. Consecutive
 /// publishes are grouped into one [`BrokerOp::Publish`] (one pipeline).
+///
+/// An operation that fails, is answered with an error, or is not answered
+/// within `--redis-timeout` means the link is lost: the runtime drops its
+/// links and reports [`Node::broker_disconnected`]; core reconnects with
+/// backoff, then subscribes every room with members again. Operations
+/// already queued behind the failure find no link and are skipped: their
+/// subscriptions are redone by the next session, their publishes are lost
+/// (delivery is at most once; what clients send while the link is down is
+/// held by the hub, up to `--publish-buffer`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerOp {
     /// Drop any link held, open this session's links and report with
