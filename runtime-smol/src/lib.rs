@@ -39,18 +39,85 @@ use roomcast_core::{
 };
 use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::net::{TcpListener, TcpStream};
-use smol::{Executor, Task, Timer};
+use smol::net::TcpListener;
+use smol::{Async, Executor, Task, Timer};
 use tracing::{debug, info, warn};
 
 pub use roomcast_core::cli::Cli;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Socket>;
+
+/// A connection's socket: async-io's, read only once the reactor said it
+/// is readable. async-io (and async-net) try the read syscall first on every
+/// poll, and a connection's task is polled whenever its writer is woken, so
+/// each delivery cost a failed `recvfrom` as well as its write; tokio reads
+/// only on readiness too. Also smaller than `async_net::TcpStream`.
+struct Socket {
+    io: Async<std::net::TcpStream>,
+    /// No `WouldBlock` since the last readiness event.
+    readable: bool,
+}
+
+impl Socket {
+    fn new(io: Async<std::net::TcpStream>) -> Socket {
+        Socket { io, readable: true }
+    }
+}
+
+impl smol::io::AsyncRead for Socket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::io::Read;
+        loop {
+            if !self.readable {
+                std::task::ready!(self.io.poll_readable(cx))?;
+                self.readable = true;
+            }
+            match self.io.get_ref().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                done => return std::task::Poll::Ready(done),
+            }
+        }
+    }
+}
+
+impl smol::io::AsyncWrite for Socket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Ends the stream: `shutdown(Write)`.
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_close(cx)
+    }
+}
 
 /// How many items a loop handles before yielding to the executor: smol has
 /// no cooperative budget, so without this one busy socket could starve the
 /// other half of its own connection task.
 const YIELD_EVERY: u32 = 16;
+
+/// The same for the task that takes messages from Redis: it runs alone, so
+/// it may hand over more (as tokio's budget of 128 does), which lets each
+/// connection's writer find more frames to send in one write.
+const BROKER_YIELD_EVERY: u32 = 128;
 
 /// State shared by every task of one node.
 struct Shared {
@@ -245,6 +312,7 @@ async fn run(
     let broker = redis.map(|client| shared.spawn(broker_task(shared.clone(), client)));
     let timer = shared.spawn(timer_task(shared.clone()));
 
+    let listener = Arc::<Async<std::net::TcpListener>>::from(listener);
     let mut shutdown = pin!(shutdown);
     loop {
         let accepted = future::or(
@@ -297,9 +365,14 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn handle_socket(guard: SocketGuard, mut stream: TcpStream, mut head: HeadReader) {
+async fn handle_socket(
+    guard: SocketGuard,
+    stream: Async<std::net::TcpStream>,
+    mut head: HeadReader,
+) {
+    let mut stream = Socket::new(stream);
     let shared = guard.0.clone();
-    let _ = stream.set_nodelay(true);
+    let _ = stream.io.get_ref().set_nodelay(true);
     let deadline = Instant::now().checked_add(shared.cli.handshake_timeout);
     let timer = || deadline.map_or_else(Timer::never, Timer::at);
     let read = async {
@@ -331,7 +404,7 @@ async fn handle_socket(guard: SocketGuard, mut stream: TcpStream, mut head: Head
         Reply::Respond(response) => {
             let _ = until(timer(), async {
                 stream.write_all(&response).await?;
-                // async-net's close is shutdown(Write).
+                // Socket::close is shutdown(Write).
                 stream.close().await
             })
             .await;
@@ -434,7 +507,8 @@ async fn finish_connection(shared: Arc<Shared>, mut ws: Ws, finish: Finish) {
                 reason: Utf8Bytes::from(reason),
             };
             if abort {
-                let _ = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO));
+                let tcp = ws.get_ref().io.get_ref();
+                let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
                 let _ = timeout(ABORT_CLOSE_WAIT, ws.close(Some(frame))).await;
                 return;
             }
@@ -571,7 +645,7 @@ async fn connect(shared: &Arc<Shared>, client: &redis::Client, session: Session)
                 .node()
                 .broker_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
             handled += 1;
-            if handled.is_multiple_of(YIELD_EVERY) {
+            if handled.is_multiple_of(BROKER_YIELD_EVERY) {
                 future::yield_now().await;
             }
         }
