@@ -100,12 +100,14 @@ impl smol::io::AsyncWrite for Socket {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    /// Ends the stream: `shutdown(Write)`.
+    /// Ends the stream: `shutdown(Write)`, the FIN a client waits for after
+    /// the close handshake. (`Async<TcpStream>`'s own `poll_close` only
+    /// flushes.)
     fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_close(cx)
+        std::task::Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 

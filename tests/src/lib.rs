@@ -1041,11 +1041,18 @@ impl Client {
                 ),
             }
         }
-        // Sends our close reply and reads until the server closes the TCP.
+        // Sends our close reply and reads until the server closes the TCP,
+        // which it must do once the handshake is done (RFC 6455 §7.1.1), not
+        // when its --shutdown-grace runs out.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(ev) = self.next_event(deadline) {
-            if matches!(ev, Event::Gone(_)) {
-                break;
+        loop {
+            match self.next_event(deadline) {
+                Some(Event::Gone(_)) => break,
+                Some(_) => continue,
+                None => panic!(
+                    "{} did not end the TCP stream after the close handshake",
+                    self.addr
+                ),
             }
         }
     }

@@ -56,6 +56,19 @@ fn case(frame: &str, reason: &'static str, label: &'static str) -> Case {
     }
 }
 
+const PROTOCOL: &str = "WebSocket protocol error";
+
+/// Raw bytes (see [`Bad::Raw`]) and how the node must close.
+fn raw(bytes: Vec<u8>, code: u16, reason: &'static str, label: &'static str) -> Case {
+    Case {
+        before: Vec::new(),
+        frame: Bad::Raw(bytes),
+        code,
+        reason,
+        label,
+    }
+}
+
 fn subscribe(room: &str) -> String {
     roomcast_tests::json!({"type": "SUBSCRIBE", "room": room}).to_string()
 }
@@ -153,38 +166,25 @@ fn cases() -> Vec<Case> {
             reason: "frame larger than 65536 bytes",
             label: "too_large",
         },
+        // FIN + text, payload not UTF-8.
         Case {
             before: vec![subscribe("a")],
-            // FIN + text, payload not UTF-8.
-            frame: Bad::Raw(masked(0x81, b"\xff\xfe")),
-            code: 1007,
-            reason: "frame is not valid UTF-8",
-            label: "not_utf8",
+            ..raw(
+                masked(0x81, b"\xff\xfe"),
+                1007,
+                "frame is not valid UTF-8",
+                "not_utf8",
+            )
         },
+        // FIN + RSV1 + text: no extension was negotiated.
         Case {
             before: vec![subscribe("a")],
-            // FIN + RSV1 + text: no extension was negotiated.
-            frame: Bad::Raw(masked(0xc1, b"x")),
-            code: 1002,
-            reason: "WebSocket protocol error",
-            label: "protocol",
+            ..raw(masked(0xc1, b"x"), 1002, PROTOCOL, "protocol")
         },
-        Case {
-            before: Vec::new(),
-            // FIN + text, unmasked.
-            frame: Bad::Raw(vec![0x81, 0x01, b'x']),
-            code: 1002,
-            reason: "WebSocket protocol error",
-            label: "protocol",
-        },
-        Case {
-            before: Vec::new(),
-            // A ping with a payload over 125 bytes.
-            frame: Bad::Raw(masked(0x89, &[b'p'; 126])),
-            code: 1002,
-            reason: "WebSocket protocol error",
-            label: "protocol",
-        },
+        // FIN + text, unmasked.
+        raw(vec![0x81, 0x01, b'x'], 1002, PROTOCOL, "protocol"),
+        // A ping with a payload over 125 bytes.
+        raw(masked(0x89, &[b'p'; 126]), 1002, PROTOCOL, "protocol"),
         Case {
             before: Vec::new(),
             frame: Bad::Long(200_000),
@@ -197,7 +197,9 @@ fn cases() -> Vec<Case> {
 
 fn bad_input_closes_only_the_offender(rt: Runtime) {
     let redis = RedisServer::start();
-    let node = Node::redis(rt, &redis, &[]);
+    // A long grace: the node must end each refused connection's TCP stream
+    // when the close handshake is done, not when the grace runs out.
+    let node = Node::redis(rt, &redis, &["--shutdown-grace", "30s"]);
     let mut g1 = node.client();
     let mut g2 = node.client();
     g1.join("good");
