@@ -357,21 +357,23 @@ impl Node {
     /// not read), then drop the socket.
     ///
     /// A slow consumer (the close is an abort) ends at once, as from
-    /// [`Node::poll_abort`]: its writer is stuck and will not send the close.
+    /// [`Node::poll_abort`], even if it sent a close: its writer is stuck and
+    /// will send neither the close nor the answer.
     pub fn reading_ended(&self, conn: ConnId, peer_closed: bool) -> Option<Finish> {
-        if peer_closed {
-            return Some(Finish::Answer);
-        }
         match self.outboxes.get(&conn) {
+            // Before the peer's close: a slow consumer's writer is stuck and
+            // could not answer it either.
             Some(Outbox {
                 close: Some((code, reason)),
-                abort,
+                abort: true,
                 ..
-            }) => abort.then(|| Finish::Close {
+            }) => Some(Finish::Close {
                 code: *code,
                 reason: reason.clone(),
                 abort: true,
             }),
+            _ if peer_closed => Some(Finish::Answer),
+            Some(Outbox { close: Some(_), .. }) => None,
             _ => Some(Finish::Drop),
         }
     }
@@ -898,6 +900,11 @@ mod tests {
             abort: true,
         };
         assert_eq!(n.reading_ended(a, false), Some(close.clone()));
+        assert_eq!(
+            n.reading_ended(a, true),
+            Some(close.clone()),
+            "even after its close"
+        );
         let (_, w) = waker();
         assert_eq!(
             n.poll_abort(a, &mut Context::from_waker(&w)),

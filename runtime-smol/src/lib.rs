@@ -196,6 +196,7 @@ async fn until<T>(timer: Timer, f: impl Future<Output = T>) -> Option<T> {
 pub fn redis_client(cli: &Cli) -> io::Result<Option<redis::Client>> {
     let open = |url: &String| {
         redis::Client::open(url.as_str()).map_err(|e| {
+            let url = roomcast_core::cli::redact(url);
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid Redis URL {url:?}: {e}"),
@@ -524,7 +525,14 @@ async fn finish_connection(shared: Arc<Shared>, mut ws: Ws, finish: Finish) {
             let _ = tcp.close().await;
             let _ = timeout(grace, async {
                 let mut sink = [0u8; 1024];
-                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                let mut reads = 0u32;
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {
+                    // A client that keeps sending must not hold the thread.
+                    reads += 1;
+                    if reads.is_multiple_of(YIELD_EVERY) {
+                        future::yield_now().await;
+                    }
+                }
             })
             .await;
         }

@@ -85,6 +85,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 pub fn redis_client(cli: &Cli) -> io::Result<Option<redis::Client>> {
     let open = |url: &String| {
         redis::Client::open(url.as_str()).map_err(|e| {
+            let url = roomcast_core::cli::redact(url);
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid Redis URL {url:?}: {e}"),

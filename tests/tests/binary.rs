@@ -286,6 +286,18 @@ fn redis_url_checks_agree_with_redis_rs() {
         "unix://relative",
         "h:6379",
         "",
+        "unix:/run/redis.sock",
+        "redis+unix:/s",
+        "unix:/s#frag",
+        " redis://h:1",
+        "redis://h:1\n",
+        "redis://h\t:1",
+        "redis://h/./0",
+        "redis://h/0/..",
+        "redis://h/%2e/0",
+        "redis://h:1/0 ",
+        "redis:h",
+        "redis://user:secret@[::]:1",
     ];
     for url in urls {
         let redis_rs = redis::Client::open(url).is_ok();
@@ -315,6 +327,7 @@ fn redis_url_checks_agree_with_redis_rs() {
                 Err(e) => {
                     assert!(!redis_rs, "{rt} refused {url:?}: {e}");
                     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{url:?}: {e}");
+                    assert!(!e.to_string().contains("secret"), "password shown: {e}");
                 }
             }
         }
