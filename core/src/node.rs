@@ -125,6 +125,18 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// A slow consumer's end: its close, carried out at once.
+    fn abort_close(&self) -> Option<Finish> {
+        match &self.close {
+            Some((code, reason)) if self.abort => Some(Finish::Close {
+                code: *code,
+                reason: reason.clone(),
+                abort: true,
+            }),
+            _ => None,
+        }
+    }
+
     fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -209,11 +221,6 @@ impl Node {
     /// Most sockets [`Node::admit`] lets in at once (unlimited by default).
     pub fn set_max_sockets(&mut self, max: usize) {
         self.max_sockets = max;
-    }
-
-    /// Whether `GET /` serves the chat page (on by default).
-    pub fn set_serve_index(&mut self, on: bool) {
-        self.serve_index = on;
     }
 
     /// Socket-level counters.
@@ -314,6 +321,7 @@ impl Node {
 
     /// A socket from [`Node::admit`] is gone.
     pub fn socket_closed(&mut self) {
+        debug_assert!(self.sockets > 0, "socket_closed without admit");
         self.sockets = self.sockets.saturating_sub(1);
         if self.sockets == 0
             && let Some(w) = self.drain_waker.take()
@@ -360,21 +368,19 @@ impl Node {
     /// [`Node::poll_abort`], even if it sent a close: its writer is stuck and
     /// will send neither the close nor the answer.
     pub fn reading_ended(&self, conn: ConnId, peer_closed: bool) -> Option<Finish> {
-        match self.outboxes.get(&conn) {
-            // Before the peer's close: a slow consumer's writer is stuck and
-            // could not answer it either.
-            Some(Outbox {
-                close: Some((code, reason)),
-                abort: true,
-                ..
-            }) => Some(Finish::Close {
-                code: *code,
-                reason: reason.clone(),
-                abort: true,
-            }),
-            _ if peer_closed => Some(Finish::Answer),
-            Some(Outbox { close: Some(_), .. }) => None,
-            _ => Some(Finish::Drop),
+        let Some(ob) = self.outboxes.get(&conn) else {
+            return Some(Finish::Drop);
+        };
+        // Before the peer's close: a slow consumer's writer is stuck and
+        // could not answer it either.
+        if let Some(abort) = ob.abort_close() {
+            Some(abort)
+        } else if peer_closed {
+            Some(Finish::Answer)
+        } else if ob.close.is_some() {
+            None
+        } else {
+            Some(Finish::Drop)
         }
     }
 
@@ -483,22 +489,14 @@ impl Node {
     /// or unknown): lets a runtime interrupt a writer blocked on a full
     /// socket, and end the connection the way this says instead.
     pub fn poll_abort(&mut self, conn: ConnId, cx: &mut Context<'_>) -> Poll<Finish> {
-        match self.outboxes.get_mut(&conn) {
-            Some(Outbox {
-                abort: true,
-                close: Some((code, reason)),
-                ..
-            }) => Poll::Ready(Finish::Close {
-                code: *code,
-                reason: reason.clone(),
-                abort: true,
-            }),
-            Some(ob) => {
-                ob.abort_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            None => Poll::Ready(Finish::Drop),
+        let Some(ob) = self.outboxes.get_mut(&conn) else {
+            return Poll::Ready(Finish::Drop);
+        };
+        if let Some(abort) = ob.abort_close() {
+            return Poll::Ready(abort);
         }
+        ob.abort_waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Whether the hub has closed this connection (its writer may still be
