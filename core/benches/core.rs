@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use roomcast_core::{Command, Hub, HubConfig, Inbound, Limits, Session, protocol};
+use roomcast_core::{Command, Hub, HubConfig, Inbound, Limits, Session, seed as protocol};
 
 fn connected_hub() -> Hub {
     let mut cfg = HubConfig::default();

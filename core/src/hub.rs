@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::codec::envelope::{self, EnvelopeError};
 use crate::config::HubConfig;
-use crate::envelope::{self, EnvelopeError};
-use crate::protocol::{self, CLOSE_GOING_AWAY, CLOSE_POLICY, ClientFrame, FrameError};
+use crate::seed::{self as protocol, CLOSE_GOING_AWAY, CLOSE_POLICY, ClientFrame, FrameError};
 
 /// A connection's id. Ids are allocated by the hub, start at 1 and are never
 /// reused, so a late event for a closed connection cannot reach a new one.

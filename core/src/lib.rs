@@ -48,13 +48,11 @@
 //!    interrupts it; whichever [`Finish`] comes first is carried out;
 //! 3. [`Node::closed`], then [`Node::socket_closed`].
 
+pub mod codec;
 pub mod config;
-pub mod envelope;
-pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
-pub mod protocol;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -62,14 +60,15 @@ pub mod cli;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use codec::http::{HeadReader, Reply};
+pub use codec::seed::{ClientFrame, FrameError, Message};
+pub use codec::{envelope, http, seed};
 pub use config::{HubConfig, Limits};
-pub use http::{HeadReader, Reply};
 pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
 pub use node::{
     ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerMode, BrokerOp, Finish, IoStats,
     Node, Outgoing, WRITE_BATCH_BYTES,
 };
-pub use protocol::{ClientFrame, FrameError, Message};
 
 /// The chat page served at `GET /` (HTML, CSS and JS in one file).
 pub const CHAT_PAGE: &str = include_str!("../assets/chat.html");

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::node::Node;
-use crate::protocol::FrameError;
+use crate::seed::FrameError;
 
 /// Renders every metric of a node.
 pub fn render(node: &Node) -> String {

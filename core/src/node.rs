@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::codec::http::{self, Decision, HeadReader, Reply, Route};
 use crate::config::HubConfig;
-use crate::http::{self, Decision, HeadReader, Reply};
 use crate::hub::{BrokerState, Command, ConnId, ConnMap, Hub, Inbound, Session};
 
 /// Which broker the node uses.
@@ -304,7 +304,7 @@ impl Node {
             }
             Some(Decision::Route { route, head_only }) => {
                 self.io.http_requests += 1;
-                Reply::Respond(http::respond(self, route, head_only))
+                Reply::Respond(respond(self, route, head_only))
             }
             Some(Decision::Incomplete | Decision::Invalid) | None => {
                 self.io.handshake_failures += 1;
@@ -969,5 +969,27 @@ mod tests {
         assert_eq!(channels(&ops[0]), ["x", "y"]);
         assert_eq!(ops[1], BrokerOp::Subscribe(vec!["r".into()]));
         assert_eq!(channels(&ops[2]), ["r"]);
+    }
+}
+
+/// The full response to a plain request, from the node's current state.
+fn respond(node: &Node, route: Route, head_only: bool) -> Vec<u8> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match route {
+        Route::Health if node.hub().broker_up() => http::response(200, TEXT, b"ok\n", head_only),
+        Route::Health => http::response(503, TEXT, b"broker unavailable\n", head_only),
+        Route::Metrics => {
+            let body = crate::metrics::render(node);
+            http::response(200, "text/plain; version=0.0.4", body.as_bytes(), head_only)
+        }
+        Route::Index => http::response(
+            200,
+            "text/html; charset=utf-8",
+            crate::CHAT_PAGE.as_bytes(),
+            head_only,
+        ),
+        Route::NotFound => http::response(404, TEXT, b"not found\n", head_only),
+        Route::MethodNotAllowed => http::response(405, TEXT, b"method not allowed\n", head_only),
+        Route::BadUpgrade => http::response(400, TEXT, b"bad websocket upgrade\n", head_only),
     }
 }

@@ -20,11 +20,11 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 
+use crate::codec::envelope;
 use crate::config::{HubConfig, Limits};
-use crate::envelope;
 use crate::hub::{BrokerState, ConnId, Inbound, Session};
 use crate::node::{BrokerMode, BrokerOp, Finish, Node, Outgoing};
-use crate::protocol::{ClientFrame, Message};
+use crate::seed::{ClientFrame, Message};
 
 /// Room names the operations pick from.
 pub const ROOMS: [&str; 5] = ["lobby", "r1", "r2", "é-room", "a\"b"];
@@ -216,7 +216,7 @@ impl Model {
 
     fn publish(&mut self, room: &str, message: &Message<'_>) {
         let channel = self.channel(room);
-        let payload = Bytes::from(crate::protocol::encode_send_message(room, message));
+        let payload = Bytes::from(crate::seed::encode_send_message(room, message));
         if self.up() {
             self.expect_publish.push_back((channel, payload));
         } else if matches!(self.broker, ModelBroker::Stopped) {

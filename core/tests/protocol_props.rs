@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use roomcast_core::envelope::{self, Envelope};
-use roomcast_core::protocol::{ClientFrame, Message, compact_json, parse_client_frame};
+use roomcast_core::seed::{ClientFrame, Message, compact_json, parse_client_frame};
 use roomcast_core::{Hub, HubConfig, Inbound, Limits};
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use roomcast_core::envelope::parse_envelope;
-use roomcast_core::protocol::parse_client_frame;
+use roomcast_core::seed::parse_client_frame;
 use roomcast_core::{ClientFrame, Limits};
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use roomcast_core::Limits;
-use roomcast_core::protocol::{
+use roomcast_core::seed::{
     CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG, FrameError, parse_client_frame,
 };
 

@@ -182,28 +182,6 @@ pub fn accept_key(key: &str) -> String {
     data_encoding::BASE64.encode(&sha1.finalize())
 }
 
-/// The full response to a plain request, from the node's current state.
-pub fn respond(node: &crate::Node, route: Route, head_only: bool) -> Vec<u8> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match route {
-        Route::Health if node.hub().broker_up() => response(200, TEXT, b"ok\n", head_only),
-        Route::Health => response(503, TEXT, b"broker unavailable\n", head_only),
-        Route::Metrics => {
-            let body = crate::metrics::render(node);
-            response(200, "text/plain; version=0.0.4", body.as_bytes(), head_only)
-        }
-        Route::Index => response(
-            200,
-            "text/html; charset=utf-8",
-            crate::CHAT_PAGE.as_bytes(),
-            head_only,
-        ),
-        Route::NotFound => response(404, TEXT, b"not found\n", head_only),
-        Route::MethodNotAllowed => response(405, TEXT, b"method not allowed\n", head_only),
-        Route::BadUpgrade => response(400, TEXT, b"bad websocket upgrade\n", head_only),
-    }
-}
-
 /// The `101 Switching Protocols` answer to an upgrade, given the
 /// `Sec-WebSocket-Accept` value derived from the client's key ([`accept_key`]).
 pub fn switching_protocols(accept: &str) -> Vec<u8> {
@@ -309,100 +287,11 @@ mod tests {
     }
 
     #[test]
-    fn health_follows_the_broker() {
-        use crate::{BrokerMode, HubConfig, Node};
-        let local = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
-        assert!(respond(&local, Route::Health, false).starts_with(b"HTTP/1.1 200"));
-        let remote = Node::new(HubConfig::default(), BrokerMode::Remote, Default::default());
-        assert!(respond(&remote, Route::Health, false).starts_with(b"HTTP/1.1 503"));
-        let page = respond(&local, Route::Index, false);
-        assert!(page.ends_with(crate::CHAT_PAGE.as_bytes()));
-    }
-
-    /// Feeds `input` to a reader in reads of at most `chunk` bytes, as a
-    /// runtime would; returns the reader once it says stop, or at the end.
-    fn read_head(input: &[u8], chunk: usize) -> (HeadReader, usize) {
-        let mut head = HeadReader::new(true);
-        let mut at = 0;
-        let mut reads = 0;
-        loop {
-            let buf = head.buf();
-            assert!(!buf.is_empty());
-            let n = buf.len().min(chunk).min(input.len() - at);
-            buf[..n].copy_from_slice(&input[at..at + n]);
-            at += n;
-            reads += 1;
-            if head.advance(n) {
-                return (head, reads);
-            }
-        }
-    }
-
-    #[test]
     fn accept_key_is_rfc_6455s_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-    }
-
-    #[test]
-    fn head_reader_answers_an_upgrade_and_keeps_what_follows() {
-        use crate::{BrokerMode, HubConfig, Node};
-        let mut node = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
-        let mut req = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
-        req.extend_from_slice(b"\x81\x80ws");
-        for chunk in [1, 7, 1024] {
-            let (head, _) = read_head(&req, chunk);
-            let Reply::Upgrade { response, rest } = node.answer(head) else {
-                panic!("not an upgrade")
-            };
-            let response = String::from_utf8(response).unwrap();
-            assert!(response.starts_with("HTTP/1.1 101 "));
-            assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-            // Read in one chunk, the WebSocket bytes came with the head.
-            if chunk == 1024 {
-                assert_eq!(rest, b"\x81\x80ws");
-            } else {
-                assert!(b"\x81\x80ws".starts_with(&rest));
-            }
-        }
-        assert_eq!(node.io_stats().handshake_failures, 0);
-        assert_eq!(node.io_stats().http_requests, 0);
-    }
-
-    #[test]
-    fn head_reader_routes_plain_requests_and_counts_failures() {
-        use crate::{BrokerMode, HubConfig, Node};
-        let mut node = Node::new(HubConfig::default(), BrokerMode::Local, Default::default());
-        let (head, reads) = read_head(&get("/healthz"), 5);
-        assert!(reads > 1);
-        let Reply::Respond(r) = node.answer(head) else {
-            panic!()
-        };
-        assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"));
-        assert_eq!(node.io_stats().http_requests, 1);
-
-        // Not HTTP: stop at the first read and drop.
-        let (head, reads) = read_head(b"\x16\x03\x01\x02\x00 tls", 1024);
-        assert_eq!(reads, 1);
-        assert_eq!(node.answer(head), Reply::Drop);
-        // The stream ends before the head does.
-        let (head, _) = read_head(b"GET / HTTP/1.1\r\n", 1024);
-        assert_eq!(node.answer(head), Reply::Drop);
-        // Reading stopped early (timeout, read error): nothing decided.
-        let mut head = HeadReader::new(true);
-        head.buf()[..3].copy_from_slice(b"GET");
-        assert!(!head.advance(3));
-        assert_eq!(node.answer(head), Reply::Drop);
-        // A head over the limit is refused after at most one read past it.
-        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', 4 * MAX_HEAD_BYTES));
-        let (head, reads) = read_head(&big, 1024);
-        assert!(reads <= MAX_HEAD_BYTES / 1024 + 1, "{reads} reads");
-        assert_eq!(node.answer(head), Reply::Drop);
-        assert_eq!(node.io_stats().handshake_failures, 4);
-        assert_eq!(node.io_stats().http_requests, 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::{self, ClientFrame, Message};
+use crate::codec::seed::{self as protocol, ClientFrame, Message};
 
 /// Why a broker payload was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

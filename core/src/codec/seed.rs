@@ -83,26 +83,26 @@ impl Message<'_> {
     }
 }
 
-/// Which command a field error is about.
+/// Which of the seed protocol's three commands a field error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub enum Verb {
     Subscribe,
     Unsubscribe,
     SendMessage,
 }
 
-impl Command {
+impl Verb {
     /// The command's `type` as it appears on the wire.
     pub fn wire_name(self) -> &'static str {
         match self {
-            Command::Subscribe => "SUBSCRIBE",
-            Command::Unsubscribe => "UNSUBSCRIBE",
-            Command::SendMessage => "sendMessage",
+            Verb::Subscribe => "SUBSCRIBE",
+            Verb::Unsubscribe => "UNSUBSCRIBE",
+            Verb::SendMessage => "sendMessage",
         }
     }
 }
 
-impl std::fmt::Display for Command {
+impl std::fmt::Display for Verb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.wire_name())
     }
@@ -135,15 +135,9 @@ pub enum FrameError {
     #[error("unknown type")]
     UnknownType,
     #[error("{command}: missing {field}")]
-    MissingField {
-        command: Command,
-        field: &'static str,
-    },
+    MissingField { command: Verb, field: &'static str },
     #[error("{command}: {field} must be a string")]
-    FieldNotString {
-        command: Command,
-        field: &'static str,
-    },
+    FieldNotString { command: Verb, field: &'static str },
     #[error("string has an invalid \\u escape")]
     BadEscape,
     #[error("room name is empty")]
@@ -246,13 +240,13 @@ pub fn parse_client_frame<'a>(
     let ty: Cow<'a, str> = as_string(ty)?.ok_or(FrameError::TypeNotString)?;
     let frame = match &*ty {
         "SUBSCRIBE" => ClientFrame::Subscribe {
-            room: room_field(raw.room, Command::Subscribe, "room", limits)?,
+            room: room_field(raw.room, Verb::Subscribe, "room", limits)?,
         },
         "UNSUBSCRIBE" => ClientFrame::Unsubscribe {
-            room: room_field(raw.room, Command::Unsubscribe, "room", limits)?,
+            room: room_field(raw.room, Verb::Unsubscribe, "room", limits)?,
         },
         "sendMessage" => ClientFrame::SendMessage {
-            room: room_field(raw.room_id, Command::SendMessage, "roomId", limits)?,
+            room: room_field(raw.room_id, Verb::SendMessage, "roomId", limits)?,
             message: message_field(raw.message)?,
         },
         _ => return Err(FrameError::UnknownType),
@@ -304,7 +298,7 @@ fn as_string(raw: &RawValue) -> Result<Option<Cow<'_, str>>, FrameError> {
 
 fn room_field<'a>(
     raw: Option<&'a RawValue>,
-    command: Command,
+    command: Verb,
     field: &'static str,
     limits: &Limits,
 ) -> Result<Cow<'a, str>, FrameError> {
@@ -329,7 +323,7 @@ pub fn check_room(room: &str, limits: &Limits) -> Result<(), FrameError> {
 
 fn message_field(raw: Option<&RawValue>) -> Result<Message<'_>, FrameError> {
     let raw = raw.ok_or(FrameError::MissingField {
-        command: Command::SendMessage,
+        command: Verb::SendMessage,
         field: "message",
     })?;
     Ok(match as_string(raw)? {
@@ -542,7 +536,7 @@ mod tests {
             (
                 r#"{"type":"SUBSCRIBE"}"#,
                 FrameError::MissingField {
-                    command: Command::Subscribe,
+                    command: Verb::Subscribe,
                     field: "room",
                 },
                 "SUBSCRIBE: missing room",
@@ -550,7 +544,7 @@ mod tests {
             (
                 r#"{"type":"UNSUBSCRIBE","room":7}"#,
                 FrameError::FieldNotString {
-                    command: Command::Unsubscribe,
+                    command: Verb::Unsubscribe,
                     field: "room",
                 },
                 "UNSUBSCRIBE: room must be a string",
@@ -558,7 +552,7 @@ mod tests {
             (
                 r#"{"type":"sendMessage","message":"x"}"#,
                 FrameError::MissingField {
-                    command: Command::SendMessage,
+                    command: Verb::SendMessage,
                     field: "roomId",
                 },
                 "sendMessage: missing roomId",
@@ -566,7 +560,7 @@ mod tests {
             (
                 r#"{"type":"sendMessage","roomId":"r"}"#,
                 FrameError::MissingField {
-                    command: Command::SendMessage,
+                    command: Verb::SendMessage,
                     field: "message",
                 },
                 "sendMessage: missing message",
