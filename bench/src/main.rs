@@ -88,6 +88,13 @@ struct Args {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     window: u32,
 
+    /// Bound deliveries in flight instead of messages (replaces --window): a
+    /// message to a room of n members holds n of these N slots (all N when
+    /// n > N) until every member has received it. With equal rooms of n
+    /// members that is N / n messages in flight.
+    #[arg(long, conflicts_with = "rate", value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    window_deliveries: Option<u32>,
+
     /// Bytes of each message string (the padding makes it this long).
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -108,6 +115,10 @@ struct Args {
     /// read before connecting, once connected, and at the end.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+
+    /// Redis's PID: its CPU time during the run is reported per message.
+    #[arg(long)]
+    redis_pid: Option<u32>,
 
     /// Connection attempts under way at once.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -282,6 +293,15 @@ impl Shared {
         self.start.elapsed().as_nanos() as u64
     }
 
+    /// Window slots a message to room `r` holds while in flight: 1, or with
+    /// --window-deliveries the room's members (at least 1, at most the window).
+    fn slots(&self, r: usize) -> u32 {
+        slots(
+            self.room_size[r].load(Ordering::Relaxed),
+            self.args.window_deliveries,
+        )
+    }
+
     fn fail(&self, what: String) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,6 +339,14 @@ impl Shared {
             Ok(r) => r,
             Err(_) => Err("connect: --timeout reached".into()),
         }
+    }
+}
+
+/// Window slots of a message to a room of `members`: see [`Shared::slots`].
+fn slots(members: u32, window_deliveries: Option<u32>) -> u32 {
+    match window_deliveries {
+        None => 1,
+        Some(n) => members.clamp(1, n),
     }
 }
 
@@ -413,7 +441,7 @@ impl Subscriber {
         let slot = &sh.remaining[sh.offsets[p] + k as usize];
         if slot.fetch_sub(1, Ordering::AcqRel) == 1 {
             sh.completed.fetch_add(1, Ordering::Relaxed);
-            sh.window.add_permits(1);
+            sh.window.add_permits(sh.slots(r) as usize);
         }
     }
 }
@@ -546,7 +574,7 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
         sh.remaining[sh.offsets[p] + k as usize].store(members, Ordering::Release);
         if members == 0 {
             sh.completed.fetch_add(1, Ordering::Relaxed);
-            sh.window.add_permits(1);
+            sh.window.add_permits(sh.slots(r) as usize);
         }
         let ts = sh.now_ns();
         sh.first_send_ns.fetch_min(ts, Ordering::Relaxed);
@@ -575,8 +603,9 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
                     }
                 }
                 None => {
+                    let slots = |k: u64| sh.slots((p + k as usize) % rooms);
                     let permit = tokio::select! {
-                        p = sh.window.acquire() => p,
+                        p = sh.window.acquire_many(slots(k)) => p,
                         _ = tokio::time::sleep_until(sh.deadline) => break 'send true,
                     };
                     let Ok(permit) = permit else { break 'send true };
@@ -592,7 +621,7 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
                         if k >= n || batch >= 64 {
                             break;
                         }
-                        match sh.window.try_acquire() {
+                        match sh.window.try_acquire_many(slots(k)) {
                             Ok(permit) => permit.forget(),
                             Err(_) => break,
                         }
@@ -613,6 +642,17 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
     // a server drop what it has not yet published.
     sh.wait_phase(Phase::Done).await;
     drop(tx);
+}
+
+/// CPU seconds used so far by the nodes (--pids order), Redis, and us.
+struct Cpu {
+    nodes: Vec<Option<f64>>,
+    redis: Option<f64>,
+    load: Option<f64>,
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1e3).round() / 1e3
 }
 
 /// Memory of one node at the three points of a run.
@@ -645,7 +685,10 @@ struct Report {
     messages: u64,
     size: usize,
     rate: Option<f64>,
+    /// Messages in flight at most (without --rate or --window-deliveries).
     window: Option<u32>,
+    /// Deliveries in flight at most (--window-deliveries).
+    window_deliveries: Option<u32>,
     sources: usize,
     connected_subscribers: usize,
     connected_publishers: usize,
@@ -679,6 +722,22 @@ struct Report {
     node_mem: Vec<NodeMem>,
     /// (Σ RSS once connected − Σ RSS before) / connections, in bytes.
     mem_per_conn_bytes: Option<f64>,
+    /// Per node (--pids order): CPU seconds (user + system) used during the
+    /// run, from the first send to the end of the run.
+    node_cpu_run_s: Vec<Option<f64>>,
+    /// Σ node_cpu_run_s.
+    node_cpu_s: Option<f64>,
+    /// node_cpu_s in µs per delivery.
+    node_cpu_us_per_delivery: Option<f64>,
+    /// Redis's CPU seconds during the run (--redis-pid).
+    redis_cpu_s: Option<f64>,
+    /// redis_cpu_s in µs per message sent.
+    redis_cpu_us_per_message: Option<f64>,
+    /// This load generator's own CPU seconds during the run.
+    load_cpu_s: Option<f64>,
+    load_cpu_us_per_delivery: Option<f64>,
+    /// Resolution of the CPU figures (one clock tick) in seconds.
+    cpu_tick_s: f64,
     timed_out: bool,
     stalled: bool,
     /// Nothing lost, duplicated, misrouted or refused, and within the timeout.
@@ -735,7 +794,7 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         run_start: OnceLock::new(),
         remaining: (0..off).map(|_| AtomicU32::new(0)).collect(),
         offsets,
-        window: Semaphore::new(args.window as usize),
+        window: Semaphore::new(args.window_deliveries.unwrap_or(args.window) as usize),
         sent: AtomicU64::new(0),
         expected: AtomicU64::new(0),
         completed: AtomicU64::new(0),
@@ -798,7 +857,18 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         let _ = std::fs::write(path, format!("{subscribed}\n"));
     }
 
-    // Run.
+    // Run. CPU times are read around it only: connecting and warm-up excluded.
+    let read_cpu = |sh: &Shared| Cpu {
+        nodes: sh
+            .args
+            .pids
+            .iter()
+            .map(|&pid| sys::read_cpu_s(pid))
+            .collect(),
+        redis: sh.args.redis_pid.and_then(sys::read_cpu_s),
+        load: sys::read_cpu_s(0),
+    };
+    let cpu_before = read_cpu(&sh);
     let run_start = tokio::time::Instant::now();
     let _ = sh.run_start.set(run_start);
     let _ = sh.phase.send(Phase::Running);
@@ -833,6 +903,7 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         }
     }
     let timed_out = tokio::time::Instant::now() >= deadline;
+    let cpu_after = read_cpu(&sh);
     let mem_end: Vec<sys::Mem> = sh
         .args
         .pids
@@ -877,6 +948,25 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         let after: u64 = node_mem.iter().map(|m| m.rss_connected_kib).sum();
         ((after as f64 - before as f64) * 1024.0 / conns as f64).round()
     });
+    let spent = |a: Option<f64>, b: Option<f64>| Some(round3(b? - a?));
+    let node_cpu_run_s: Vec<Option<f64>> = cpu_before
+        .nodes
+        .iter()
+        .zip(&cpu_after.nodes)
+        .map(|(&a, &b)| spent(a, b))
+        .collect();
+    let node_cpu_s = (!node_cpu_run_s.is_empty())
+        .then(|| node_cpu_run_s.iter().copied().sum::<Option<f64>>())
+        .flatten()
+        .map(round3);
+    let redis_cpu_s = spent(cpu_before.redis, cpu_after.redis);
+    let load_cpu_s = spent(cpu_before.load, cpu_after.load);
+    let per = |cpu_s: Option<f64>, n: u64| {
+        (n > 0)
+            .then_some(cpu_s)
+            .flatten()
+            .map(|c| round3(c * 1e6 / n as f64))
+    };
     let connect_failures = sh.connect_failures.load(Ordering::Relaxed);
     let lost = expected.saturating_sub(t.delivered);
     let disconnects = sh.disconnects.load(Ordering::Relaxed);
@@ -902,7 +992,12 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         messages: plan.messages,
         size: args.size,
         rate: args.rate,
-        window: args.rate.is_none().then_some(args.window),
+        window: (args.rate.is_none() && args.window_deliveries.is_none()).then_some(args.window),
+        window_deliveries: args
+            .rate
+            .is_none()
+            .then_some(args.window_deliveries)
+            .flatten(),
         sources,
         connected_subscribers: connected,
         connected_publishers: connected_pubs,
@@ -939,6 +1034,14 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         held_s,
         node_mem,
         mem_per_conn_bytes,
+        node_cpu_run_s,
+        node_cpu_us_per_delivery: per(node_cpu_s, t.delivered),
+        node_cpu_s,
+        redis_cpu_us_per_message: per(redis_cpu_s, sent),
+        redis_cpu_s,
+        load_cpu_us_per_delivery: per(load_cpu_s, t.delivered),
+        load_cpu_s,
+        cpu_tick_s: 1.0 / sys::clock_ticks_per_s(),
         timed_out,
         stalled,
         ok,
@@ -959,9 +1062,10 @@ fn summary(r: &Report) -> String {
         r.publishers,
         r.messages,
         r.size,
-        match (r.rate, r.window) {
-            (Some(rate), _) => format!(" at {rate}/s"),
-            (None, Some(w)) => format!(", window {w}"),
+        match (r.rate, r.window, r.window_deliveries) {
+            (Some(rate), _, _) => format!(" at {rate}/s"),
+            (None, Some(w), _) => format!(", window {w}"),
+            (None, None, Some(d)) => format!(", at most {d} deliveries in flight"),
             _ => String::new(),
         }
     );
@@ -1006,6 +1110,22 @@ fn summary(r: &Report) -> String {
             "  pid {} ({}): RSS {} KiB before, {} KiB connected, {} KiB at end, peak {} KiB",
             m.pid, m.node, m.rss_before_kib, m.rss_connected_kib, m.rss_end_kib, m.peak_kib
         );
+    }
+    if let Some(c) = r.node_cpu_s {
+        let _ = write!(s, "  CPU during the run: nodes {c:.2} s");
+        if let Some(u) = r.node_cpu_us_per_delivery {
+            let _ = write!(s, " = {u:.2} µs per delivery");
+        }
+        if let Some(c) = r.redis_cpu_s {
+            let _ = write!(s, "; Redis {c:.2} s");
+            if let Some(u) = r.redis_cpu_us_per_message {
+                let _ = write!(s, " = {u:.1} µs per message");
+            }
+        }
+        if let Some(c) = r.load_cpu_s {
+            let _ = write!(s, "; load generator {c:.2} s");
+        }
+        let _ = writeln!(s);
     }
     if let Some(b) = r.mem_per_conn_bytes {
         let _ = writeln!(
@@ -1128,6 +1248,28 @@ mod tests {
         assert_eq!((0..3).map(|p| plan.count(p)).collect::<Vec<_>>(), [4, 3, 3]);
         let idle = Args::parse_from(["x", "--nodes", "ws://a:1", "--scenario", "idle"]);
         assert_eq!(Plan::new(&idle).messages, 0);
+    }
+
+    #[test]
+    fn delivery_window() {
+        assert_eq!(slots(100, None), 1);
+        assert_eq!(slots(100, Some(10_000)), 100);
+        assert_eq!(slots(20_000, Some(10_000)), 10_000);
+        assert_eq!(slots(0, Some(10_000)), 1);
+        let args = ["x", "--nodes", "ws://a:1", "--window-deliveries", "10000"];
+        assert_eq!(Args::parse_from(args).window_deliveries, Some(10_000));
+        let both = [
+            "x",
+            "--nodes",
+            "ws://a:1",
+            "--window-deliveries",
+            "5",
+            "--rate",
+            "9",
+        ];
+        assert!(Args::try_parse_from(both).is_err());
+        let zero = ["x", "--nodes", "ws://a:1", "--window-deliveries", "0"];
+        assert!(Args::try_parse_from(zero).is_err());
     }
 
     #[test]

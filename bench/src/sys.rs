@@ -1,5 +1,5 @@
-//! The operating-system side: file-descriptor limit, memory of the servers
-//! under test, and TCP connections from chosen loopback sources.
+//! The operating-system side: file-descriptor limit, memory and CPU time of
+//! the servers under test, and TCP connections from chosen loopback sources.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -53,6 +53,38 @@ pub fn read_mem(pid: u32) -> Option<Mem> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
     })
+}
+
+/// CPU time (user + system, every thread, live or ended) a process has used
+/// so far, in seconds, from /proc/PID/stat (PID 0: this process); `None`
+/// when it cannot be read. Resolution: one clock tick (usually 10 ms).
+pub fn read_cpu_s(pid: u32) -> Option<f64> {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_string()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    parse_cpu_ticks(&stat).map(|t| t as f64 / clock_ticks_per_s())
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command
+/// name (field 2) is in parentheses and may hold spaces or parentheses, so
+/// the fields are counted from its last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 3 is the first after `)`
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's clock ticks per second (`_SC_CLK_TCK`), the unit of
+/// /proc/PID/stat's times.
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
 }
 
 /// The loopback source address for connection `i` when `sources` addresses
@@ -113,6 +145,28 @@ mod tests {
     fn own_memory_is_readable() {
         let m = read_mem(std::process::id()).unwrap();
         assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib);
+    }
+
+    #[test]
+    fn cpu_ticks_from_stat() {
+        // Fields 14/15 (utime 700, stime 55) after a name with spaces and ')'.
+        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 500 0 0 0 700 55 0 0 20 0 3 0 10 0 0";
+        assert_eq!(parse_cpu_ticks(line), Some(755));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let before = read_cpu_s(0).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let after = read_cpu_s(std::process::id()).unwrap();
+        assert!(after - before >= 0.02, "{before} -> {after}");
+        assert!(read_cpu_s(u32::MAX).is_none());
     }
 
     #[test]
