@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# One-command comparison of roomcast with the seed Node server.
+# One-command comparison of roomcast with the seed Node server and the floor.
 #
-#   bash bench/compare.sh            # full run: cases A-D, 3 repeats, idle-max
+#   bash bench/compare.sh            # full run: cases A-D (and A/B small-window), 3 repeats, idle-max
 #   QUICK=1 bash bench/compare.sh    # smaller counts, 1 repeat, no idle-max
 #   bash bench/compare.sh idle-max   # only the idle-max measurement
 #
 # Builds the release binaries, installs the seed's npm dependencies into a
 # temporary directory, starts its own redis-server on a free port (never
-# 6379), and for every case and system starts two fresh nodes on that Redis,
-# runs roomcast-load against them and stops them. Prints a markdown table
-# (medians, ratios to the seed) and writes it to bench/results/latest.md,
-# the raw JSON lines to bench/results/latest.jsonl.
+# 6379), and for every case and system starts two fresh nodes on that Redis
+# (the floor: one process, no Redis), runs roomcast-load against them and
+# stops them. roomcast-load reads the nodes' and Redis's CPU time around
+# each run. Prints a markdown table (medians, ratios to the seed and to the
+# floor) and writes it to bench/results/latest.md, the raw JSON lines to
+# bench/results/latest.jsonl (QUICK=1: latest-quick.md and .jsonl).
 #
-# Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio smol", IDLE_MAX=0|1,
-# KEEP=1 (keep the temporary directory with the node logs).
+# Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio smol floor",
+# IDLE_MAX=0|1, KEEP=1 (keep the temporary directory with the node logs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +24,7 @@ MODE=${1:-all}
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then REPEATS=${REPEATS:-1}; else REPEATS=${REPEATS:-3}; fi
 if [ "$QUICK" = 1 ]; then IDLE_MAX=${IDLE_MAX:-0}; else IDLE_MAX=${IDLE_MAX:-1}; fi
-SYSTEMS=${SYSTEMS:-"seed tokio smol"}
+SYSTEMS=${SYSTEMS:-"seed tokio smol floor"}
 START_TS=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-bench.XXXXXX")
 PIDS=()
@@ -104,7 +106,7 @@ RUN_SYSTEMS=()
 for s in $SYSTEMS; do
   case $s in
     smol) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=(smol) ;;
-    seed|tokio) RUN_SYSTEMS+=("$s") ;;
+    seed|tokio|floor) RUN_SYSTEMS+=("$s") ;;
     *) log "unknown system $s"; exit 2 ;;
   esac
 done
@@ -121,7 +123,8 @@ fi
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --maxclients 1000 >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 for _ in $(seq 100); do
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
@@ -134,7 +137,8 @@ log "redis-server on port $REDIS_PORT"
 NODE_PIDS=()
 NODE_URLS=""
 
-# start_nodes SYSTEM [N] [PRLIMIT]: N fresh nodes of SYSTEM on our Redis.
+# start_nodes SYSTEM [N] [PRLIMIT]: N fresh nodes of SYSTEM on our Redis
+# (the floor: N processes of its own, no Redis).
 start_nodes() {
   local sys=$1 n=${2:-2} nofile=${3:-} i port pid logf wrap=()
   [ -n "$nofile" ] && wrap=(prlimit "--nofile=$nofile:$nofile")
@@ -151,16 +155,20 @@ start_nodes() {
         RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-$sys" --listen "127.0.0.1:$port" \
           --redis "$REDIS_URL" --no-chat-page >"$logf" 2>&1 &
         ;;
+      floor)
+        "${wrap[@]}" "$BIN/roomcast-floor" --listen "127.0.0.1:$port" >"$logf" 2>&1 &
+        ;;
     esac
     pid=$!
     PIDS+=("$pid")
     NODE_PIDS+=("$pid")
     NODE_URLS="${NODE_URLS:+$NODE_URLS,}ws://127.0.0.1:$port"
-    # Ready: the seed prints its line; roomcast answers /healthz 200 once Redis is up.
+    # Ready: the seed and the floor print a line once listening (the floor
+    # serves no HTTP); roomcast answers /healthz 200 once Redis is up.
     local ok=0
     for _ in $(seq 300); do
-      if [ "$sys" = seed ]; then
-        grep -q "seed listening" "$logf" && { ok=1; break; }
+      if [ "$sys" = seed ] || [ "$sys" = floor ]; then
+        grep -q "$sys listening" "$logf" && { ok=1; break; }
       else
         curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && { ok=1; break; }
       fi
@@ -179,6 +187,10 @@ start_nodes() {
 stop_nodes() { stop "${NODE_PIDS[@]}"; NODE_PIDS=(); }
 
 # ---------------------------------------------------------------- cases
+# A-small and B-small: A and B with at most 10,000 deliveries in flight
+# (A: 100 messages of 100 members; B: 10,000 / room size messages), so no
+# server can count on deep queues to batch its writes.
+SMALL="--window-deliveries 10000"
 if [ "$QUICK" = 1 ]; then
   CASE_A="--scenario fanout -c 1000 -r 10 -p 4 -m 4000 --size 64"
   CASE_B="--scenario one-room -c 1000 -r 1 -p 4 -m 500 --size 64"
@@ -192,16 +204,23 @@ else
   CASE_D="--scenario fanout -c 1000 -r 10 -p 4 -m 20000 --size 64 --rate 500"
   TIMEOUT=300s
 fi
+CASE_AS="$CASE_A $SMALL"
+CASE_BS="$CASE_B $SMALL"
+CASES="A A-small B B-small C D"
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
 run_case() {
-  local sys=$1 case=$2 rep=$3 args
-  case $case in A) args=$CASE_A ;; B) args=$CASE_B ;; C) args=$CASE_C ;; D) args=$CASE_D ;; esac
-  start_nodes "$sys" 2
+  local sys=$1 case=$2 rep=$3 args n=2 redis=(--redis-pid "$REDIS_PID")
+  case $case in
+    A) args=$CASE_A ;; A-small) args=$CASE_AS ;; B) args=$CASE_B ;; B-small) args=$CASE_BS ;;
+    C) args=$CASE_C ;; D) args=$CASE_D ;;
+  esac
+  [ "$sys" = floor ] && { n=1; redis=(); }
+  start_nodes "$sys" "$n"
   log "$sys case $case run $rep: roomcast-load $args"
   # shellcheck disable=SC2086
-  "$LOAD" $args --nodes "$NODE_URLS" --pids "$(IFS=,; echo "${NODE_PIDS[*]}")" \
+  "$LOAD" $args --nodes "$NODE_URLS" --pids "$(IFS=,; echo "${NODE_PIDS[*]}")" "${redis[@]}" \
     --timeout "$TIMEOUT" --label "$sys/$case/$rep" >>"$RESULTS" 2>"$WORK/load.err" \
     || { log "roomcast-load failed:"; cat "$WORK/load.err" >&2; }
   sed 's/^/    /' "$WORK/load.err" >&2
@@ -274,7 +293,7 @@ machine() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 if [ "$MODE" != idle-max ]; then
   for rep in $(seq "$REPEATS"); do
-    for case in A B C D; do
+    for case in $CASES; do
       for sys in "${RUN_SYSTEMS[@]}"; do
         run_case "$sys" "$case" "$rep"
       done
@@ -298,7 +317,10 @@ python3 bench/table.py "$RESULTS" \
   --systems "${RUN_SYSTEMS[*]}" >"$WORK/table.md"
 cat "$WORK/table.md"
 if [ "$MODE" != idle-max ]; then
-  cp "$WORK/table.md" bench/results/latest.md
-  { cat "$RESULTS"; [ -s "$WORK/idle-max.json" ] && cat "$WORK/idle-max.json"; } >bench/results/latest.jsonl
-  log "written bench/results/latest.md and latest.jsonl in ${ELAPSED}s"
+  # A QUICK run keeps the last full run's files.
+  OUT=bench/results/latest
+  [ "$QUICK" = 1 ] && OUT=bench/results/latest-quick
+  cp "$WORK/table.md" "$OUT.md"
+  { cat "$RESULTS"; [ -s "$WORK/idle-max.json" ] && cat "$WORK/idle-max.json"; } >"$OUT.jsonl"
+  log "written $OUT.md and $OUT.jsonl in ${ELAPSED}s"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns roomcast-load JSON lines (labels SYSTEM/CASE/RUN) into the markdown
 comparison table of bench/compare.sh: medians per system and case, each
-roomcast figure with its ratio to the seed's, and the targets of issue 6."""
+figure with its ratios to the seed's and to the floor's, a summary against
+the floor, and the targets of issue 6."""
 
 import argparse
 import json
@@ -9,13 +10,19 @@ import statistics
 import sys
 from collections import defaultdict
 
-NAMES = {"seed": "seed (Node)", "tokio": "roomcast-tokio", "smol": "roomcast-smol"}
+NAMES = {"seed": "seed (Node)", "tokio": "roomcast-tokio", "smol": "roomcast-smol",
+         "floor": "floor (1 process)"}
+# Systems every other one is compared with, in the order the ratios are printed.
+BASES = ("seed", "floor")
 CASES = {
     "A": "A: fanout, as fast as possible",
+    "A-small": "A-small: A with a small window",
     "B": "B: one room, as fast as possible",
+    "B-small": "B-small: B with a small window",
     "C": "C: idle connections",
     "D": "D: fanout at 500 messages/s",
 }
+THROUGHPUT = ("A", "A-small", "B", "B-small")
 
 
 def load(path):
@@ -33,9 +40,17 @@ def load(path):
 
 
 def med(rs, key):
-    vals = [key(r) for r in rs]
+    vals = [safe(key, r) for r in rs]
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def safe(key, r):
+    """key(r), or None when a figure is missing (older JSON lines, a PID gone)."""
+    try:
+        return key(r)
+    except (KeyError, TypeError):
+        return None
 
 
 def worst(rs, key):
@@ -63,37 +78,56 @@ def describe(rs):
     )
     if r.get("rate"):
         what += f" at {r['rate']:.0f}/s"
+    elif r.get("window_deliveries"):
+        wd = r["window_deliveries"]
+        members = max(r["subscribers"] // max(r["rooms"], 1), 1)
+        what += (f", at most {wd:,} deliveries in flight "
+                 f"(≈ {max(wd // members, 1):,} messages of {members:,} members)")
     else:
-        what += f", window {r['window']}"
+        what += f", window {r['window']} messages"
     return what
 
 
 # (case, figure, key over one run, aggregate, unit, lower is better)
-FIGURES = [
-    ("A", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
-    ("A", "delivered of expected (worst run)", None, None, "", None),
-    ("A", "lost / duplicates / out of order (worst run)", None, None, "", None),
-    ("A", "latency p50 (ms)", lambda r: r["latency_us"]["p50"] / 1e3, med, "", True),
-    ("A", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
-    ("A", "peak RSS of both nodes (MiB)",
-     lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True),
-    ("B", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
-    ("B", "delivered of expected (worst run)", None, None, "", None),
-    ("B", "lost / duplicates / out of order (worst run)", None, None, "", None),
-    ("B", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
-    ("C", "RSS per connection (KiB)", lambda r: (r["mem_per_conn_bytes"] or 0) / 1024, med, "", True),
-    ("C", "connect rate (conn/s)", lambda r: r["connect_rate"], med, "", False),
-    ("C", "RSS of both nodes, connected (MiB)",
-     lambda r: sum(m["rss_connected_kib"] for m in r["node_mem"]) / 1024, med, "", True),
-    ("C", "peak RSS of both nodes (MiB)",
-     lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True),
-    ("D", "latency p50 (ms)", lambda r: r["latency_us"]["p50"] / 1e3, med, "", True),
-    ("D", "latency p90 (ms)", lambda r: r["latency_us"]["p90"] / 1e3, med, "", True),
-    ("D", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
-    ("D", "latency max (ms)", lambda r: r["latency_us"]["max"] / 1e3, med, "", True),
-    ("D", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
-    ("D", "lost / duplicates / out of order (worst run)", None, None, "", None),
-]
+def throughput_figures(c, latency):
+    rows = [
+        (c, "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
+        (c, "node CPU µs per delivery", lambda r: r["node_cpu_us_per_delivery"], med, "", True),
+        (c, "Redis CPU µs per message", lambda r: r["redis_cpu_us_per_message"], med, "", True),
+        (c, "load generator CPU µs per delivery",
+         lambda r: r["load_cpu_us_per_delivery"], med, "", True),
+        (c, "delivered of expected (worst run)", None, None, "", None),
+        (c, "lost / duplicates / out of order (worst run)", None, None, "", None),
+    ]
+    rows += [(c, f"latency {q} (ms)", lambda r, q=q: r["latency_us"][q] / 1e3, med, "", True)
+             for q in latency]
+    rows.append((c, "peak RSS of the nodes (MiB)",
+                 lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True))
+    return rows
+
+
+FIGURES = (
+    throughput_figures("A", ["p50", "p99"])
+    + throughput_figures("A-small", ["p50", "p99"])
+    + throughput_figures("B", ["p99"])
+    + throughput_figures("B-small", ["p99"])
+    + [
+        ("C", "RSS per connection (KiB)", lambda r: (r["mem_per_conn_bytes"] or 0) / 1024, med, "", True),
+        ("C", "connect rate (conn/s)", lambda r: r["connect_rate"], med, "", False),
+        ("C", "RSS of the nodes, connected (MiB)",
+         lambda r: sum(m["rss_connected_kib"] for m in r["node_mem"]) / 1024, med, "", True),
+        ("C", "peak RSS of the nodes (MiB)",
+         lambda r: sum(m["peak_kib"] for m in r["node_mem"]) / 1024, med, "", True),
+        ("D", "latency p50 (ms)", lambda r: r["latency_us"]["p50"] / 1e3, med, "", True),
+        ("D", "latency p90 (ms)", lambda r: r["latency_us"]["p90"] / 1e3, med, "", True),
+        ("D", "latency p99 (ms)", lambda r: r["latency_us"]["p99"] / 1e3, med, "", True),
+        ("D", "latency max (ms)", lambda r: r["latency_us"]["max"] / 1e3, med, "", True),
+        ("D", "deliveries/s", lambda r: r["deliveries_per_s"], med, "", False),
+        ("D", "node CPU µs per delivery", lambda r: r["node_cpu_us_per_delivery"], med, "", True),
+        ("D", "Redis CPU µs per message", lambda r: r["redis_cpu_us_per_message"], med, "", True),
+        ("D", "lost / duplicates / out of order (worst run)", None, None, "", None),
+    ]
+)
 
 
 def counts(rs):
@@ -125,12 +159,18 @@ def main():
     systems = [s for s in a.systems.split() if any((s, c) in runs for c in CASES)]
     out = []
     w = out.append
-    w(f"## roomcast vs the seed{' (QUICK)' if a.quick == '1' else ''}")
+    bases = [b for b in BASES if b in systems]
+    w(f"## roomcast vs the seed and the floor{' (QUICK)' if a.quick == '1' else ''}")
     w("")
     w(f"- date: {a.date}")
-    w(f"- machine: {a.machine}; load generator, Redis and both nodes on it")
-    w(f"- each case: 2 fresh nodes per system on one Redis, median of {a.repeats} run(s); "
-      f"ratio = roomcast ÷ seed")
+    w(f"- machine: {a.machine}; load generator, Redis and the nodes on it")
+    w(f"- each case: 2 fresh nodes per system on one Redis (the floor: 1 process, no Redis), "
+      f"median of {a.repeats} run(s); "
+      + (", ".join(f"(x× {b}) = this system ÷ {b}" for b in bases) or "no baseline run"))
+    w("- CPU: user + system time of the node processes (Σ over the nodes), of Redis and of the "
+      "load generator, from the first message sent to the end of the run (connecting and "
+      "warm-up excluded), read from /proc/PID/stat at one clock tick (10 ms) of resolution, "
+      "so a figure from less than ~0.5 s of CPU (Redis in B, most of QUICK) is rough")
     if a.loadavg:
         w(f"- load average (1/5/15 min) before → after: {a.loadavg}")
     if a.elapsed:
@@ -147,9 +187,7 @@ def main():
         if not any((s, c) in runs for s in systems):
             continue
         cells = []
-        base = None
-        if key and ("seed", c) in runs:
-            base = agg(runs[("seed", c)], key)
+        base = {b: agg(runs[(b, c)], key) for b in bases if key and (b, c) in runs}
         for s in systems:
             rs = runs.get((s, c))
             if not rs:
@@ -160,8 +198,10 @@ def main():
                 continue
             v = agg(rs, key)
             cell = fmt(v, unit)
-            if s != "seed" and base and v is not None:
-                cell += f" ({v / base:.2f}×)"
+            ratios = [f"{v / base[b]:.2f}× {b}" for b in bases
+                      if b != s and base.get(b) and v is not None]
+            if ratios:
+                cell += f" ({', '.join(ratios)})"
             cells.append(cell)
         w(f"| {c} | {name} | " + " | ".join(cells) + " |")
     w("")
@@ -178,7 +218,27 @@ def main():
     dps = lambda r: r["deliveries_per_s"]  # noqa: E731
     p99 = lambda r: r["latency_us"]["p99"]  # noqa: E731
     mem = lambda r: r["mem_per_conn_bytes"]  # noqa: E731
-    roomcast = [s for s in systems if s != "seed"]
+    roomcast = [s for s in systems if s not in BASES]
+    cpu = lambda r: r["node_cpu_us_per_delivery"]  # noqa: E731
+    if roomcast and "floor" in systems:
+        w("Against the floor (system ÷ floor; deliveries/s: above 1 is faster than the floor; "
+          "node CPU per delivery: below 1 is cheaper):")
+        w("")
+        w("| case | " + " | ".join(f"{NAMES.get(s, s)}: deliveries/s, node CPU per delivery"
+                                   for s in roomcast) + " |")
+        w("|---|" + "---|" * len(roomcast))
+        for c in THROUGHPUT + ("D",):
+            if ("floor", c) not in runs:
+                continue
+            cells = []
+            for s in roomcast:
+                v, b = get(s, c, dps), get("floor", c, dps)
+                u, f = get(s, c, cpu), get("floor", c, cpu)
+                d = f"{v / b:.2f}×" if v is not None and b else "—"
+                e = f"{u / f:.2f}×" if u is not None and f else "—"
+                cells.append(f"{d}, {e}")
+            w(f"| {c} | " + " | ".join(cells) + " |")
+        w("")
     if roomcast and "seed" in systems:
         w("| target | " + " | ".join(NAMES.get(s, s) for s in roomcast) + " |")
         w("|---|" + "---|" * len(roomcast))
