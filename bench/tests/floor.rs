@@ -213,7 +213,7 @@ fn load_generator_runs_against_the_floor() {
     assert_eq!(r["node_cpu_run_s"].as_array().unwrap().len(), 1);
     assert!(r["node_cpu_us_per_delivery"].as_f64().is_some(), "{r}");
     assert!(r["redis_cpu_s"].is_null());
-    assert!(r["load_cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["load_cpu_s"].as_f64().unwrap() >= 0.0, "{r}"); // may be < 1 tick
 
     let r = load(&["--window", "3"]);
     assert_eq!(r["ok"], true, "{r}");
