@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{HubConfig, Limits};
+use crate::config::{ClientTimers, HubConfig, Limits, NodeConfig};
+use crate::hub::BrokerMode;
 
 /// roomcast: WebSocket rooms over Redis Pub/Sub, wire-compatible with the
 /// tutorial server.
@@ -47,13 +48,51 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_outbound_bytes: u64,
 
-    /// Messages held while Redis is unreachable; more are dropped and counted.
+    /// Messages held while Redis is unreachable (or queued for a slow link); more are dropped and counted.
     #[arg(long, env = "ROOMCAST_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
+    /// Largest payload taken from Redis; larger ones are dropped, counted and logged.
+    #[arg(long, env = "ROOMCAST_MAX_BROKER_PAYLOAD_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_broker_payload_bytes: u64,
+
+    /// Commands one connection may send per second, both protocols (0: no limit).
+    #[arg(long, env = "ROOMCAST_MAX_COMMANDS_PER_SEC", default_value_t = 0)]
+    pub max_commands_per_sec: u32,
+
     /// Most simultaneous connections (WebSocket and HTTP); more are refused.
-    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Default: the open-files limit (RLIMIT_NOFILE) less a reserve of 64
+    /// for Redis links, the listener and operators.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seed protocol: a WebSocket ping after this much silence (0 disables).
+    #[arg(long, env = "ROOMCAST_WS_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Seed protocol: a peer that answers no ping within this is closed 1008 "no pong".
+    #[arg(long, env = "ROOMCAST_WS_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_pong_timeout: Duration,
+
+    /// Centrifugo protocol: interval of the server's pings.
+    #[arg(long, env = "ROOMCAST_CLIENT_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub client_ping_interval: Duration,
+
+    /// Centrifugo protocol: a client that answers no ping within this is closed 3012 "no pong".
+    #[arg(long, env = "ROOMCAST_CLIENT_PONG_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
+    pub client_pong_timeout: Duration,
+
+    /// Centrifugo protocol: no connect command within this closes 3502 "stale".
+    #[arg(long, env = "ROOMCAST_CLIENT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub client_connect_timeout: Duration,
+
+    /// Serve the seed (tutorial) protocol on every path but /connection/websocket.
+    #[arg(long, env = "ROOMCAST_SEED_PROTOCOL", default_value = "on", value_parser = ["on", "off"])]
+    pub seed_protocol: String,
+
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "ROOMCAST_THREADS")]
+    pub threads: Option<usize>,
 
     /// Time a new connection has to complete its HTTP/WebSocket handshake (e.g. 10s, 500ms).
     #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -67,11 +106,11 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub redis_connect_timeout: Duration,
 
-    /// Interval between Redis health pings.
+    /// Interval between Redis health probes (a publish on the node's own channel that must come back).
     #[arg(long, env = "ROOMCAST_REDIS_PING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub redis_ping_interval: Duration,
 
-    /// A Redis ping or publish unanswered this long means Redis is lost.
+    /// A Redis command, publish or probe unanswered this long means the link is lost.
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
@@ -98,6 +137,8 @@ impl Cli {
                 max_rooms_per_conn: self.max_rooms_per_conn as usize,
                 max_outbound_bytes: self.max_outbound_bytes as usize,
                 publish_buffer: self.publish_buffer,
+                max_broker_payload_bytes: self.max_broker_payload_bytes as usize,
+                max_commands_per_sec: self.max_commands_per_sec,
             },
             channel_prefix: self.channel_prefix.clone(),
             backoff_base: self.reconnect_min,
@@ -107,6 +148,43 @@ impl Cli {
             ping_interval: self.redis_ping_interval,
             ping_timeout: self.redis_timeout,
             ..HubConfig::default()
+        }
+    }
+
+    /// Flags that contradict each other: a start-up error, before anything
+    /// is served.
+    pub fn check(&self) -> Result<(), String> {
+        self.hub_config(0).limits.check()
+    }
+
+    /// The node these flags describe. `open_files`: the process's limit on
+    /// open files, for the default `--max-connections`; `seed`: per-process
+    /// entropy (reconnect jitter, the node's name).
+    pub fn node_config(&self, open_files: Option<u64>, seed: u64) -> NodeConfig {
+        let reserve = NodeConfig::default().operator_reserve;
+        let max_sockets = self.max_connections.unwrap_or_else(|| match open_files {
+            Some(n) => (n as usize).saturating_sub(FD_RESERVE).max(1),
+            None => 100_000,
+        });
+        NodeConfig {
+            hub: self.hub_config(seed),
+            mode: if self.redis.is_some() {
+                BrokerMode::Remote
+            } else {
+                BrokerMode::Local
+            },
+            serve_index: !self.no_chat_page,
+            seed_protocol: self.seed_protocol == "on",
+            max_sockets,
+            operator_reserve: reserve.min(FD_RESERVE / 2),
+            node_id: format!("{seed:016x}"),
+            timers: ClientTimers {
+                ws_ping_interval: self.ws_ping_interval,
+                ws_pong_timeout: self.ws_pong_timeout,
+                ping_interval: self.client_ping_interval,
+                pong_timeout: self.client_pong_timeout,
+                connect_timeout: self.client_connect_timeout,
+            },
         }
     }
 
@@ -148,6 +226,11 @@ impl Cli {
         format!("roomcast listening on ws://{listen} using {broker}{page}")
     }
 }
+
+/// Descriptors kept back from `--max-connections`'s default: the Redis
+/// links, the listener, standard streams, and the operator reserve (sockets
+/// beyond the limit that still answer `/healthz` and `/metrics`).
+pub const FD_RESERVE: usize = 64;
 
 /// Buffer sizes for the WebSocket library, from [`Cli::ws_buffers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +309,11 @@ mod tests {
         assert_eq!(cli.listen, "127.0.0.1:8080".parse().unwrap());
         let cfg = cli.hub_config(HubConfig::default().jitter_seed);
         assert_eq!(cfg, HubConfig::default());
+        let node = cli.node_config(Some(20_000), 1);
+        assert_eq!(node.max_sockets, 20_000 - FD_RESERVE);
+        assert_eq!(node.timers, ClientTimers::default());
+        assert_eq!(cli.node_config(None, 1).max_sockets, 100_000);
+        assert!(cli.check().is_ok());
     }
 
     #[test]
@@ -284,5 +372,7 @@ mod tests {
         assert!(cli.no_chat_page);
         assert!(Cli::try_parse_from(["roomcast", "--listen", "nope"]).is_err());
         assert!(Cli::try_parse_from(["roomcast", "--redis", "http://x"]).is_err());
+        let bad = Cli::try_parse_from(["roomcast", "--max-frame-bytes", "2000000"]).unwrap();
+        assert!(bad.check().unwrap_err().contains("--max-outbound-bytes"));
     }
 }

@@ -16,8 +16,34 @@ pub struct Limits {
     /// slow consumer (default 1 MiB).
     pub max_outbound_bytes: usize,
     /// Messages held while the broker is unreachable (default 10,000); more are
-    /// dropped and counted.
+    /// dropped and counted. Also the bound of the queue to a live link.
     pub publish_buffer: usize,
+    /// Largest payload accepted from the broker (default 1 MiB); larger ones
+    /// are dropped and counted.
+    pub max_broker_payload_bytes: usize,
+    /// Commands one connection may send per second, both protocols (0: no
+    /// limit, the default).
+    pub max_commands_per_sec: u32,
+}
+
+impl Limits {
+    /// Limits that contradict each other, as a start-up error: a frame or a
+    /// broker payload that could never fit an outbox beside another.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_frame_bytes > self.max_outbound_bytes {
+            return Err(format!(
+                "--max-frame-bytes ({}) must not exceed --max-outbound-bytes ({}): a member could not be sent a frame its peer may send",
+                self.max_frame_bytes, self.max_outbound_bytes
+            ));
+        }
+        if self.max_broker_payload_bytes > self.max_outbound_bytes {
+            return Err(format!(
+                "--max-broker-payload-bytes ({}) must not exceed --max-outbound-bytes ({})",
+                self.max_broker_payload_bytes, self.max_outbound_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -28,6 +54,8 @@ impl Default for Limits {
             max_rooms_per_conn: 256,
             max_outbound_bytes: 1024 * 1024,
             publish_buffer: 10_000,
+            max_broker_payload_bytes: 1024 * 1024,
+            max_commands_per_sec: 0,
         }
     }
 }
@@ -46,9 +74,9 @@ pub struct HubConfig {
     pub jitter_seed: u64,
     /// How long a connection attempt may take before it is abandoned (default 3 s).
     pub connect_timeout: Duration,
-    /// How often a connected broker is pinged (default 2 s).
+    /// How often a connected broker is probed (default 2 s).
     pub ping_interval: Duration,
-    /// How long a ping may go unanswered before the broker is declared lost (default 3 s).
+    /// How long a probe may go unanswered before the broker is declared lost (default 3 s).
     pub ping_timeout: Duration,
     /// Most channels in one subscribe or unsubscribe command (default 1,000).
     pub subscribe_batch: usize,
@@ -66,6 +94,71 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(3),
             subscribe_batch: 1000,
+        }
+    }
+}
+
+/// Per-connection timers of both client protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTimers {
+    /// Seed protocol: a WebSocket ping after this much silence (default 25 s).
+    pub ws_ping_interval: Duration,
+    /// Seed protocol: a peer silent this long after a ping is closed 1008
+    /// "no pong" (default 10 s).
+    pub ws_pong_timeout: Duration,
+    /// Centrifugo protocol: the server's `{}` ping interval (default 25 s).
+    pub ping_interval: Duration,
+    /// Centrifugo protocol: a client that has not answered a ping within
+    /// this is closed 3012 "no pong" (default 8 s).
+    pub pong_timeout: Duration,
+    /// Centrifugo protocol: no `connect` within this closes 3502 "stale"
+    /// (default 10 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientTimers {
+    fn default() -> Self {
+        ClientTimers {
+            ws_ping_interval: Duration::from_secs(25),
+            ws_pong_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a node needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub hub: HubConfig,
+    pub mode: crate::hub::BrokerMode,
+    /// Whether `GET /` serves the chat page.
+    pub serve_index: bool,
+    /// Whether the seed protocol is served (every path but the Centrifugo
+    /// endpoint).
+    pub seed_protocol: bool,
+    /// Most connections (WebSocket and HTTP) at once.
+    pub max_sockets: usize,
+    /// Sockets beyond `max_sockets` kept for `/healthz` and `/metrics`, so a
+    /// full node still answers its operators.
+    pub operator_reserve: usize,
+    /// This node's name in the fleet (its probe channel, its clients' ids).
+    pub node_id: String,
+    pub timers: ClientTimers,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            hub: HubConfig::default(),
+            mode: crate::hub::BrokerMode::Local,
+            serve_index: true,
+            seed_protocol: true,
+            max_sockets: usize::MAX,
+            operator_reserve: 32,
+            node_id: "node".into(),
+            timers: ClientTimers::default(),
         }
     }
 }

@@ -1,52 +1,36 @@
 //! # roomcast-core
 //!
-//! The sans-IO core of roomcast: the client protocol, the broker envelope,
-//! and the [`Hub`] — a deterministic state machine that owns connections,
-//! room memberships, broker subscriptions and the broker session. No
-//! sockets, no async runtime, no threads, no clock: time comes in as a
-//! [`Duration`](std::time::Duration) since an origin the caller chooses.
+//! The sans-IO core of roomcast: every decision of the server, and none of
+//! its I/O. No sockets, no async runtime, no threads of its own, no clock:
+//! time comes in as a [`Duration`](std::time::Duration) since an origin the
+//! caller chooses.
+//!
+//! ## Layers (each uses only those above it)
+//!
+//! 1. [`codec`]: bytes ↔ values. Each client protocol ([`codec::seed`]),
+//!    the Redis envelope ([`codec::envelope`]), the HTTP head and responses
+//!    ([`codec::http`]). No codec knows the hub or the node.
+//! 2. [`hub`]: protocol-neutral state — rooms and their local members, the
+//!    broker session ([`hub::broker`]: the link to Redis as a state
+//!    machine, coalesced subscription changes, accounted publishes,
+//!    backoff). Operations in, refusals out; no frame ever reaches it.
+//! 3. [`node`]: the hub wired to per-connection outboxes, each client
+//!    protocol's session (decoding frames into hub operations, encoding the
+//!    answers), socket admission and the metrics snapshot, shared by every
+//!    task of a runtime (`Node: Sync`).
+//!
+//! [`metrics`] renders plain numbers; [`config`] holds every setting and
+//! [`cli`] (feature `cli`) the flags both binaries share.
 //!
 //! ## Driving contract
 //!
-//! 1. Create the hub with [`Hub::new`]. Its first command is
-//!    [`Command::BrokerConnect`].
-//! 2. Feed every event through exactly one input method:
-//!    [`Hub::handle_open`], [`Hub::handle_frame`], [`Hub::handle_close`],
-//!    [`Hub::handle_outbound_full`], [`Hub::handle_broker_message`],
-//!    [`Hub::handle_broker_connected`], [`Hub::handle_broker_disconnected`],
-//!    [`Hub::handle_broker_pong`], [`Hub::handle_timeout`],
-//!    [`Hub::handle_shutdown`].
-//! 3. **After every input, drain [`Hub::poll_command`] until it returns
-//!    `None`**, executing the commands in the order given: they form one
-//!    FIFO, so a `Close` never overtakes the `SendTo`s queued before it and a
-//!    `BrokerSubscribe` never overtakes the `BrokerPublish` it precedes.
-//! 4. Call [`Hub::handle_timeout`] no later than [`Hub::poll_timeout`]
-//!    (re-read it after each input; calling early is harmless).
-//!
-//! Misbehaving peers are not API errors: the hub answers them with
-//! [`Command::Close`] and a reason. Ids the hub does not know (closed
-//! connections, stale broker sessions) are ignored, so late events are safe.
-//!
-//! While the broker is down the hub emits no subscription commands; when a
-//! session comes up it subscribes every room that has members, in batches of
-//! [`HubConfig::subscribe_batch`] channels, then publishes what it held
-//! (bounded by [`Limits::publish_buffer`]).
-//!
-//! ## Runtimes
-//!
-//! [`Node`] wraps a hub with what both runtimes need around it: socket
-//! admission, the request-head reader and its answer ([`Reply`]),
-//! byte-bounded per-connection outboxes, how a connection ends ([`Finish`]),
-//! the broker queue grouped into [`BrokerOp`]s, the embedded single-node
-//! broker, and `std::task::Waker` hooks for the tasks that drain them.
-//! `roomcast-tokio` and `roomcast-smol` only move bytes: a socket's life is
-//!
-//! 1. [`Node::admit`] → read into the [`HeadReader`] → [`Node::answer`];
-//! 2. on [`Reply::Upgrade`], [`Node::open`]; the reader feeds
-//!    [`Node::frame`] until it says stop, then asks [`Node::reading_ended`];
-//!    the writer drains [`Node::poll_outgoing`]; [`Node::poll_abort`]
-//!    interrupts it; whichever [`Finish`] comes first is carried out;
-//! 3. [`Node::closed`], then [`Node::socket_closed`].
+//! See [`node`]: a runtime admits sockets, answers their heads, feeds each
+//! connection's frames and drains its outbox, runs the broker operations
+//! the node asks for and reports back, and calls the node's timeouts at its
+//! deadlines. Misbehaving peers are not API errors: the node answers them
+//! (a close, or an error reply) and says so through the outbox. Ids the
+//! node does not know (closed connections, stale broker sessions) are
+//! ignored, so late events are safe.
 
 pub mod codec;
 pub mod config;
@@ -57,17 +41,14 @@ pub mod node;
 #[cfg(feature = "cli")]
 pub mod cli;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
-pub use codec::http::{HeadReader, Reply};
+pub use codec::http::{ClientProtocol, HeadReader};
 pub use codec::seed::{ClientFrame, FrameError, Message};
-pub use codec::{envelope, http, seed};
-pub use config::{HubConfig, Limits};
-pub use hub::{BrokerState, Command, ConnId, Hub, Inbound, Session};
+pub use codec::{Publication, envelope, http, seed};
+pub use config::{ClientTimers, HubConfig, Limits, NodeConfig};
+pub use hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Hub, Refusal, Session};
 pub use node::{
-    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerMode, BrokerOp, Finish, IoStats,
-    Node, Outgoing, WRITE_BATCH_BYTES,
+    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, Conn, Finish, Inbound, Node, Outgoing,
+    Reply, WRITE_BATCH_BYTES,
 };
 
 /// The chat page served at `GET /` (HTML, CSS and JS in one file).

@@ -1,142 +1,234 @@
-//! `/metrics` in the Prometheus text exposition format.
+//! `/metrics` in the Prometheus text exposition format, rendered from plain
+//! numbers ([`Snapshot`]) that the node copies out: nothing here knows the
+//! node, and nothing is rendered under its locks.
 
 use std::fmt::Write;
 
-use crate::node::Node;
-use crate::seed::FrameError;
+use crate::hub::BrokerCounters;
 
-/// Renders every metric of a node.
-pub fn render(node: &Node) -> String {
-    let hub = node.hub();
-    let io = node.io_stats();
-    let c = hub.counters();
-    let mut out = String::with_capacity(4096);
+/// Every number `/metrics` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub connections: usize,
+    pub sockets: usize,
+    pub rooms: usize,
+    pub broker_up: bool,
+    pub subscriptions: usize,
+    pub publish_buffer_depth: usize,
+    pub pending_subscription_changes: usize,
+    pub broker: BrokerCounters,
+    pub connections_opened: u64,
+    pub frames_received: u64,
+    pub broker_messages: u64,
+    pub deliveries: u64,
+    pub slow_consumer_closes: u64,
+    pub broker_payloads_dropped: u64,
+    pub broker_payloads_too_large: u64,
+    pub rate_limited: u64,
+    pub no_pong_closes: u64,
+    /// Connections closed for bad input, by reason label.
+    pub bad_frames: Vec<(&'static str, u64)>,
+    /// Centrifugo-protocol frames and commands refused, by reason label.
+    pub cf_bad_commands: Vec<(&'static str, u64)>,
+    pub handshake_failures: u64,
+    pub rejected_connections: u64,
+    pub http_requests: u64,
+    pub accept_errors: u64,
+}
+
+/// Renders every metric.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(6144);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
-    metric(
-        "roomcast_connections",
-        "gauge",
-        "Open WebSocket connections.",
-        hub.connections() as u64,
-    );
-    metric(
-        "roomcast_sockets",
-        "gauge",
-        "Open sockets: WebSocket connections, plus handshakes, HTTP requests and closes in progress.",
-        node.sockets() as u64,
-    );
-    metric(
-        "roomcast_connections_opened_total",
-        "counter",
-        "WebSocket connections accepted.",
-        c.connections_opened,
-    );
-    metric(
-        "roomcast_rooms",
-        "gauge",
-        "Rooms with at least one local member.",
-        hub.rooms() as u64,
-    );
-    metric(
-        "roomcast_broker_subscriptions",
-        "gauge",
-        "Broker channel subscriptions held.",
-        hub.subscriptions() as u64,
-    );
-    metric(
-        "roomcast_broker_up",
-        "gauge",
-        "1 when the broker is connected.",
-        u64::from(hub.broker_up()),
-    );
-    metric(
-        "roomcast_frames_received_total",
-        "counter",
-        "Frames received from clients.",
-        c.frames_received,
-    );
-    metric(
-        "roomcast_messages_published_total",
-        "counter",
-        "Messages handed to the broker.",
-        c.messages_published,
-    );
-    metric(
-        "roomcast_broker_messages_total",
-        "counter",
-        "Messages received from the broker.",
-        c.broker_messages,
-    );
-    metric(
-        "roomcast_deliveries_total",
-        "counter",
-        "Messages queued to local members.",
-        c.deliveries,
-    );
-    metric(
-        "roomcast_slow_consumer_closes_total",
-        "counter",
-        "Connections closed because their outbound queue was full.",
-        c.slow_consumer_closes,
-    );
-    metric(
-        "roomcast_broker_connects_total",
-        "counter",
-        "Successful broker (re)connections.",
-        c.broker_connects,
-    );
-    metric(
-        "roomcast_broker_failures_total",
-        "counter",
-        "Broker connection attempts that failed and links that broke.",
-        c.broker_failures,
-    );
-    metric(
-        "roomcast_broker_payloads_dropped_total",
-        "counter",
-        "Broker messages dropped because they did not parse or matched no channel.",
-        c.broker_payloads_dropped,
-    );
-    metric(
-        "roomcast_publish_buffer_depth",
-        "gauge",
-        "Messages held while the broker is down.",
-        hub.publish_buffer_depth() as u64,
-    );
-    metric(
-        "roomcast_publish_buffer_dropped_total",
-        "counter",
-        "Messages dropped because the publish buffer was full.",
-        c.publish_buffer_dropped + node.broker_queue_dropped(),
-    );
-    metric(
-        "roomcast_handshake_failures_total",
-        "counter",
-        "Connections dropped before a WebSocket handshake completed.",
-        io.handshake_failures,
-    );
-    metric(
-        "roomcast_rejected_connections_total",
-        "counter",
-        "Connections refused at the connection limit.",
-        io.rejected_connections,
-    );
-    metric(
-        "roomcast_http_requests_total",
-        "counter",
-        "Plain HTTP requests served.",
-        io.http_requests,
-    );
+    let b = &s.broker;
+    let rows: [(&str, &str, &str, u64); 27] = [
+        (
+            "roomcast_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            s.connections as u64,
+        ),
+        (
+            "roomcast_sockets",
+            "gauge",
+            "Open sockets: WebSocket connections, plus handshakes, HTTP requests and closes in progress.",
+            s.sockets as u64,
+        ),
+        (
+            "roomcast_rooms",
+            "gauge",
+            "Rooms with at least one local member.",
+            s.rooms as u64,
+        ),
+        (
+            "roomcast_broker_subscriptions",
+            "gauge",
+            "Broker channels subscribed for rooms (while the broker is up).",
+            s.subscriptions as u64,
+        ),
+        (
+            "roomcast_broker_up",
+            "gauge",
+            "1 when the broker link is up and proven (its probe came back), or the broker is embedded.",
+            u64::from(s.broker_up),
+        ),
+        (
+            "roomcast_broker_pending_subscription_changes",
+            "gauge",
+            "Subscription changes waiting for the broker link (coalesced per channel).",
+            s.pending_subscription_changes as u64,
+        ),
+        (
+            "roomcast_connections_opened_total",
+            "counter",
+            "WebSocket connections opened.",
+            s.connections_opened,
+        ),
+        (
+            "roomcast_frames_received_total",
+            "counter",
+            "Frames received from clients.",
+            s.frames_received,
+        ),
+        (
+            "roomcast_messages_published_total",
+            "counter",
+            "Publishes the broker confirmed.",
+            b.published,
+        ),
+        (
+            "roomcast_publishes_unknown_total",
+            "counter",
+            "Publishes lost with a failing broker link: the broker may or may not have delivered them.",
+            b.unknown,
+        ),
+        (
+            "roomcast_broker_messages_total",
+            "counter",
+            "Messages received from the broker.",
+            s.broker_messages,
+        ),
+        (
+            "roomcast_deliveries_total",
+            "counter",
+            "Messages queued to local members.",
+            s.deliveries,
+        ),
+        (
+            "roomcast_slow_consumer_closes_total",
+            "counter",
+            "Connections closed because they did not read what was sent to them.",
+            s.slow_consumer_closes,
+        ),
+        (
+            "roomcast_broker_connects_total",
+            "counter",
+            "Broker links that proved themselves (their first probe came back).",
+            b.connects,
+        ),
+        (
+            "roomcast_broker_failures_total",
+            "counter",
+            "Broker connection attempts that failed and links that broke.",
+            b.failures,
+        ),
+        (
+            "roomcast_broker_payloads_dropped_total",
+            "counter",
+            "Broker messages dropped because they did not parse or matched no channel.",
+            s.broker_payloads_dropped,
+        ),
+        (
+            "roomcast_broker_payloads_too_large_total",
+            "counter",
+            "Broker messages dropped because they exceeded --max-broker-payload-bytes.",
+            s.broker_payloads_too_large,
+        ),
+        (
+            "roomcast_publish_buffer_depth",
+            "gauge",
+            "Publishes held for the broker link.",
+            s.publish_buffer_depth as u64,
+        ),
+        (
+            "roomcast_publish_buffer_dropped_total",
+            "counter",
+            "Publishes dropped because the publish buffer was full.",
+            b.buffer_dropped + b.queue_dropped,
+        ),
+        (
+            "roomcast_rate_limited_total",
+            "counter",
+            "Commands refused by --max-commands-per-sec.",
+            s.rate_limited,
+        ),
+        (
+            "roomcast_no_pong_closes_total",
+            "counter",
+            "Connections closed because they did not answer a keepalive ping.",
+            s.no_pong_closes,
+        ),
+        (
+            "roomcast_handshake_failures_total",
+            "counter",
+            "Connections dropped before a WebSocket handshake completed.",
+            s.handshake_failures,
+        ),
+        (
+            "roomcast_rejected_connections_total",
+            "counter",
+            "Connections refused at the connection limit.",
+            s.rejected_connections,
+        ),
+        (
+            "roomcast_http_requests_total",
+            "counter",
+            "Plain HTTP requests served.",
+            s.http_requests,
+        ),
+        (
+            "roomcast_accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors and the like).",
+            s.accept_errors,
+        ),
+        (
+            "roomcast_broker_publishes_total",
+            "counter",
+            "Publishes handed to the broker link (confirmed or not).",
+            b.published + b.unknown,
+        ),
+        (
+            "roomcast_broker_queue_dropped_total",
+            "counter",
+            "Publishes dropped because the queue to a live broker link was full.",
+            b.queue_dropped,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(name, kind, help, value);
+    }
     let _ = writeln!(
         out,
         "# HELP roomcast_bad_frames_total Connections closed for bad input, by reason.\n# TYPE roomcast_bad_frames_total counter"
     );
-    for (label, n) in FrameError::LABELS.iter().zip(c.bad_frames) {
+    for (label, n) in &s.bad_frames {
         let _ = writeln!(out, "roomcast_bad_frames_total{{reason=\"{label}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_centrifugo_bad_commands_total Centrifugo-protocol frames (closed 3501) and commands (answered 107/104) refused, by reason.\n# TYPE roomcast_centrifugo_bad_commands_total counter"
+    );
+    for (label, n) in &s.cf_bad_commands {
+        let _ = writeln!(
+            out,
+            "roomcast_centrifugo_bad_commands_total{{reason=\"{label}\"}} {n}"
+        );
     }
     out
 }
@@ -144,23 +236,21 @@ pub fn render(node: &Node) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HubConfig;
-    use crate::hub::Inbound;
-    use crate::node::BrokerMode;
-    use std::time::Duration;
 
     #[test]
-    fn renders_counts() {
-        let mut n = Node::new(HubConfig::default(), BrokerMode::Local, Duration::ZERO);
-        let a = n.open();
-        n.frame(a, Inbound::Text(br#"{"type":"SUBSCRIBE","room":"r"}"#));
-        let b = n.open();
-        n.frame(b, Inbound::Binary);
-        let text = render(&n);
+    fn renders_every_number() {
+        let s = Snapshot {
+            connections: 1,
+            rooms: 1,
+            broker_up: true,
+            frames_received: 2,
+            bad_frames: vec![("binary", 1), ("not_json", 0)],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
         for line in [
             "roomcast_connections 1",
             "roomcast_rooms 1",
-            "roomcast_broker_subscriptions 1",
             "roomcast_broker_up 1",
             "roomcast_frames_received_total 2",
             "roomcast_bad_frames_total{reason=\"binary\"} 1",

@@ -25,6 +25,8 @@ pub enum EnvelopeError {
     MissingField,
     #[error("payload roomId does not match its channel")]
     RoomMismatch,
+    #[error("payload info is not a JSON object")]
+    BadInfo,
 }
 
 /// A parsed broker payload.
@@ -32,13 +34,33 @@ pub enum EnvelopeError {
 pub struct Envelope<'a> {
     pub room: Cow<'a, str>,
     pub message: Message<'a>,
+    /// The publisher's client info (a JSON object), when a client of the
+    /// Centrifugo protocol published. The tutorial's server ignores it.
+    pub info: Option<Cow<'a, str>>,
 }
 
 impl Envelope<'_> {
     /// The payload to publish.
     pub fn encode(&self) -> String {
-        protocol::encode_send_message(&self.room, &self.message)
+        encode_parts(&self.room, &self.message, self.info.as_deref())
     }
+}
+
+/// The payload for a publication: the seed's `sendMessage` frame, with the
+/// publisher's `info` after the seed's fields when there is one.
+pub fn encode(publication: &super::Publication<'_>) -> String {
+    encode_parts(publication.room, &publication.message, publication.info)
+}
+
+fn encode_parts(room: &str, message: &Message<'_>, info: Option<&str>) -> String {
+    let mut out = protocol::encode_send_message(room, message);
+    if let Some(info) = info {
+        out.pop();
+        out.push_str(r#","info":"#);
+        out.push_str(info);
+        out.push('}');
+    }
+    out
 }
 
 /// The channel name for a room.
@@ -64,8 +86,19 @@ pub fn parse_envelope(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         max_room_bytes: usize::MAX,
         ..Default::default()
     };
-    match protocol::parse_client_frame(text.as_bytes(), &limits) {
-        Ok(ClientFrame::SendMessage { room, message }) => Ok(Envelope { room, message }),
+    match protocol::parse_with_info(text.as_bytes(), &limits) {
+        Ok((ClientFrame::SendMessage { room, message }, info)) => {
+            let info = match info {
+                None => None,
+                Some(v) if v.get().starts_with('{') => Some(protocol::compact_json(v.get())),
+                Some(_) => return Err(EnvelopeError::BadInfo),
+            };
+            Ok(Envelope {
+                room,
+                message,
+                info,
+            })
+        }
         Ok(_) => Err(EnvelopeError::NotSendMessage),
         Err(protocol::FrameError::NotJson | protocol::FrameError::NotObject) => {
             Err(EnvelopeError::NotJson)
@@ -144,11 +177,29 @@ mod tests {
     }
 
     #[test]
+    fn info_rides_along_and_the_seed_shape_stays() {
+        let env = Envelope {
+            room: "r".into(),
+            message: Message::Json(r#"{"text":"hi"}"#.into()),
+            info: Some(r#"{"user":"42","client":"c1"}"#.into()),
+        };
+        let enc = env.encode();
+        assert_eq!(
+            enc,
+            r#"{"type":"sendMessage","roomId":"r","message":{"text":"hi"},"info":{"user":"42","client":"c1"}}"#
+        );
+        assert_eq!(parse_envelope(enc.as_bytes()).unwrap(), env);
+        let bad = br#"{"type":"sendMessage","roomId":"r","message":1,"info":"x"}"#;
+        assert_eq!(parse_envelope(bad), Err(EnvelopeError::BadInfo));
+    }
+
+    #[test]
     fn long_room_names_from_the_broker_are_accepted() {
         let room = "x".repeat(1000);
         let env = Envelope {
             room: room.as_str().into(),
             message: Message::Text("m".into()),
+            info: None,
         };
         let enc = env.encode();
         assert_eq!(parse_envelope(enc.as_bytes()).unwrap(), env);

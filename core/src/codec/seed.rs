@@ -215,6 +215,10 @@ struct RawFrame<'a> {
     room_id: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
+    /// Only in broker payloads: the publisher's client info, when a client
+    /// of the Centrifugo protocol published.
+    #[serde(borrow, default, deserialize_with = "present")]
+    info: Option<&'a RawValue>,
 }
 
 /// A field that is present, even when it is `null` (which plain `Option`
@@ -229,6 +233,15 @@ pub fn parse_client_frame<'a>(
     input: &'a [u8],
     limits: &Limits,
 ) -> Result<ClientFrame<'a>, FrameError> {
+    parse_with_info(input, limits).map(|(frame, _)| frame)
+}
+
+/// [`parse_client_frame`], also returning the `info` field (raw JSON) of a
+/// broker payload, if it has one.
+pub(crate) fn parse_with_info<'a>(
+    input: &'a [u8],
+    limits: &Limits,
+) -> Result<(ClientFrame<'a>, Option<&'a RawValue>), FrameError> {
     if input.len() > limits.max_frame_bytes {
         return Err(FrameError::TooLarge {
             max: limits.max_frame_bytes,
@@ -251,7 +264,7 @@ pub fn parse_client_frame<'a>(
         },
         _ => return Err(FrameError::UnknownType),
     };
-    Ok(frame)
+    Ok((frame, raw.info))
 }
 
 fn parse_raw(text: &str) -> Result<RawFrame<'_>, FrameError> {

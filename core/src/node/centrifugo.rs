@@ -1,0 +1,265 @@
+//! The Centrifugo protocol's session: a connection's commands decoded into
+//! hub operations and answered with replies (errors are replies with
+//! Centrifugo's codes; only connection-level breaches close, with 35xx /
+//! 30xx codes), its connect handshake, and its heartbeat (`{}` pings the
+//! client must answer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::limiter::{RateLimiter, Verdict};
+use super::{Inbound, Node, Peer, Publication, add, lock};
+use crate::codec::centrifugo::{
+    self as cf, Command, ConnectResult, Disconnect, ErrorCode, Method, Request,
+};
+use crate::codec::seed::{Message, write_json_string};
+use crate::config::{ClientTimers, NodeConfig};
+use crate::hub::Refusal;
+
+/// The server version the connect reply announces.
+pub const VERSION: &str = concat!("roomcast ", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug)]
+pub(super) struct CfSession {
+    limiter: RateLimiter,
+    timers: ClientTimers,
+    opened: Duration,
+    client: String,
+    /// `{"user":…,"client":…}`: the publisher info of this client's publications.
+    info: String,
+    connected: bool,
+    next_ping: Option<Duration>,
+    pong_deadline: Option<Duration>,
+}
+
+impl CfSession {
+    pub(super) fn new(cfg: &NodeConfig, id: crate::hub::ConnId, now: Duration) -> CfSession {
+        let client = format!("{}-{}", cfg.node_id, id.0);
+        let mut info = String::from(r#"{"user":"","client":"#);
+        write_json_string(&client, &mut info);
+        info.push('}');
+        CfSession {
+            limiter: RateLimiter::new(cfg.hub.limits.max_commands_per_sec, now),
+            timers: cfg.timers.clone(),
+            opened: now,
+            client,
+            info,
+            connected: false,
+            next_ping: None,
+            pong_deadline: None,
+        }
+    }
+
+    pub(super) fn deadline(&self) -> Option<Duration> {
+        if !self.connected {
+            return Some(self.opened + self.timers.connect_timeout);
+        }
+        match (self.next_ping, self.pong_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) fn timeout(&mut self, node: &Node, peer: &Arc<Peer>, now: Duration) {
+        if !self.connected {
+            if now >= self.opened + self.timers.connect_timeout {
+                close(node, peer, Disconnect::STALE);
+            }
+            return;
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            add(&node.stats.no_pong_closes, 1);
+            close(node, peer, Disconnect::NO_PONG);
+            return;
+        }
+        if self.next_ping.is_some_and(|d| now >= d) {
+            node.send(peer, Bytes::from_static(cf::PING.as_bytes()));
+            self.next_ping = Some(now + self.timers.ping_interval);
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + self.timers.pong_timeout);
+            }
+        }
+    }
+
+    pub(super) fn frame(
+        &mut self,
+        node: &Node,
+        peer: &Arc<Peer>,
+        input: Inbound<'_>,
+        now: Duration,
+    ) {
+        let limits = &node.cfg.hub.limits;
+        let text = match input {
+            Inbound::Control => return,
+            Inbound::Text(t) => t,
+            Inbound::Binary => return close(node, peer, Disconnect::INAPPROPRIATE_PROTOCOL),
+            Inbound::TooLarge | Inbound::NotUtf8 | Inbound::ProtocolError => {
+                return close(node, peer, Disconnect::BAD_REQUEST);
+            }
+        };
+        // Anything from the client shows it is alive.
+        self.pong_deadline = None;
+        let commands = match cf::parse_frame(text, limits) {
+            Ok(c) => c,
+            Err(e) => {
+                node.count_cf_bad_command(e.label());
+                return close(node, peer, e.disconnect());
+            }
+        };
+        for parsed in commands {
+            if lock(&peer.outbox).is_closing() {
+                return;
+            }
+            let cmd = match parsed {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    node.count_cf_bad_command(e.label());
+                    match e.encode_reply() {
+                        Some(reply) => node.send(peer, Bytes::from(reply)),
+                        None => return close(node, peer, Disconnect::BAD_REQUEST),
+                    }
+                    continue;
+                }
+            };
+            if cmd.request == Request::Pong {
+                continue;
+            }
+            match self.limiter.check(now) {
+                Verdict::Allowed => {}
+                Verdict::Refused => {
+                    add(&node.stats.rate_limited, 1);
+                    reply_error(node, peer, cmd.id, ErrorCode::TOO_MANY_REQUESTS);
+                    continue;
+                }
+                Verdict::Exceeded => {
+                    add(&node.stats.rate_limited, 1);
+                    return close(node, peer, Disconnect::TOO_MANY_REQUESTS);
+                }
+            }
+            self.command(node, peer, cmd, now);
+        }
+    }
+
+    fn command(&mut self, node: &Node, peer: &Arc<Peer>, cmd: Command<'_>, now: Duration) {
+        let id = cmd.id;
+        if !self.connected {
+            // Nothing but connect before a successful connect.
+            if !matches!(cmd.request, Request::Connect { .. }) {
+                return close(node, peer, Disconnect::BAD_REQUEST);
+            }
+        }
+        match cmd.request {
+            Request::Connect { .. } => {
+                if self.connected {
+                    return close(node, peer, Disconnect::BAD_REQUEST);
+                }
+                self.connected = true;
+                self.next_ping = Some(now + self.timers.ping_interval);
+                let reply = cf::encode_connect_reply(
+                    id,
+                    &ConnectResult {
+                        client: &self.client,
+                        version: VERSION,
+                        ping: self.timers.ping_interval.as_secs() as u32,
+                        pong: true,
+                        node: &node.cfg.node_id,
+                        ..ConnectResult::default()
+                    },
+                );
+                node.send(peer, Bytes::from(reply));
+            }
+            Request::Subscribe { channel, .. } => {
+                node.join_then(peer, &channel, |joined| match joined {
+                    Ok(_) => Bytes::from(cf::encode_reply(id, Method::Subscribe, None)),
+                    Err(Refusal::AlreadyMember) => error(id, ErrorCode::ALREADY_SUBSCRIBED),
+                    Err(Refusal::TooManyRooms { .. }) => error(id, ErrorCode::LIMIT_EXCEEDED),
+                    Err(Refusal::ShuttingDown) => error(id, ErrorCode::INTERNAL),
+                });
+            }
+            Request::Unsubscribe { channel } => {
+                node.leave(peer, &channel);
+                node.send(
+                    peer,
+                    Bytes::from(cf::encode_reply(id, Method::Unsubscribe, None)),
+                );
+            }
+            Request::Publish { channel, data } => {
+                node.publish(&Publication {
+                    room: &channel,
+                    message: Message::Json(data.as_str().into()),
+                    info: Some(&self.info),
+                });
+                node.send(
+                    peer,
+                    Bytes::from(cf::encode_reply(id, Method::Publish, None)),
+                );
+            }
+            Request::Refresh { .. } => {
+                let reply = cf::encode_refresh_reply(
+                    id,
+                    &cf::RefreshResult {
+                        client: &self.client,
+                        version: VERSION,
+                        ..cf::RefreshResult::default()
+                    },
+                );
+                node.send(peer, Bytes::from(reply));
+            }
+            Request::SubRefresh { channel, .. } => {
+                if node.is_member(peer, &channel) {
+                    node.send(
+                        peer,
+                        Bytes::from(cf::encode_reply(id, Method::SubRefresh, None)),
+                    );
+                } else {
+                    reply_error(node, peer, id, ErrorCode::PERMISSION_DENIED);
+                }
+            }
+            // Presence and history come with the issues that add them.
+            Request::Presence { .. } | Request::PresenceStats { .. } | Request::History { .. } => {
+                reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE)
+            }
+            Request::Ping => reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE),
+            // roomcast has no RPC handlers.
+            Request::Rpc { .. } => reply_error(node, peer, id, ErrorCode::METHOD_NOT_FOUND),
+            // Accepted and dropped: there is no server-side handler.
+            Request::Send { .. } | Request::Pong => {}
+        }
+    }
+}
+
+fn error(id: u32, code: ErrorCode) -> Bytes {
+    Bytes::from(code.encode_reply(id))
+}
+
+fn reply_error(node: &Node, peer: &Arc<Peer>, id: u32, code: ErrorCode) {
+    node.send(peer, error(id, code));
+}
+
+fn close(node: &Node, peer: &Arc<Peer>, d: Disconnect) {
+    node.close(peer, d.code, d.reason.into());
+}
+
+/// The push a Centrifugo-protocol member receives for a publication:
+/// `{"push":{"channel":R,"pub":{"data":D,"info":I}}}`, where a seed
+/// client's string message is the JSON string and a JSON message is itself.
+pub(super) fn encode(p: &Publication<'_>) -> Bytes {
+    let data = p.message.delivered();
+    let mut out =
+        String::with_capacity(p.room.len() + data.len() + 64 + p.info.map_or(0, str::len));
+    out.push_str(r#"{"push":{"channel":"#);
+    write_json_string(p.room, &mut out);
+    out.push_str(r#","pub":{"data":"#);
+    match &p.message {
+        Message::Text(s) => write_json_string(s, &mut out),
+        Message::Json(s) => out.push_str(s),
+    }
+    if let Some(info) = p.info {
+        out.push_str(r#","info":"#);
+        out.push_str(info);
+    }
+    out.push_str("}}}");
+    Bytes::from(out)
+}

@@ -1,0 +1,901 @@
+//! The node: a [`Hub`] wired to per-connection outboxes, the broker session
+//! and the sockets' admission, shared by every task of a runtime.
+//!
+//! Still no I/O, no clock and no threads of its own, but built to be shared
+//! (`Node: Sync`, every method takes `&self`) so that a runtime with many
+//! worker threads scales with them:
+//!
+//! - **Nothing is parsed, encoded, woken or rendered under a node-wide
+//!   lock.** A connection's frames are decoded by its own protocol session
+//!   (each connection has its own lock, taken only by its own task); the
+//!   hub's lock is held only to look up or change memberships and to queue
+//!   broker work; metrics copy numbers out and render afterwards; wakers
+//!   are woken after every lock is released.
+//! - **A message reaches N members with one shared `Bytes` per protocol and
+//!   one hub lookup**: the hub hands out its member list as a snapshot
+//!   ([`Members`]), and each member's outbox has its own lock.
+//! - **A poisoned lock is a bug**: the node fails fast (panics) rather than
+//!   serve half-updated state.
+//!
+//! Lock order, where two are held: the hub, then one outbox. Nothing takes
+//! the hub while holding an outbox.
+//!
+//! ## A socket's life (what a runtime does)
+//!
+//! 1. [`Node::admit`] → read into the [`HeadReader`] → [`Node::answer`];
+//! 2. on [`Reply::Upgrade`], [`Node::open`]; the reader feeds
+//!    [`Node::frame`] until it says stop, then asks [`Node::reading_ended`];
+//!    the writer drains [`Node::poll_outgoing`]; [`Node::poll_abort`]
+//!    interrupts it; [`Node::conn_deadline`] / [`Node::conn_timeout`] drive
+//!    the connection's own timers; whichever [`Finish`] comes first is
+//!    carried out;
+//! 3. [`Node::closed`], then [`Node::socket_closed`].
+//!
+//! The broker task drains [`Node::poll_broker`] and reports back; the timer
+//! task calls [`Node::timeout`] at [`Node::deadline`].
+
+mod admission;
+mod centrifugo;
+pub mod limiter;
+pub mod outbox;
+mod seed;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use admission::{AcceptLog, Admitted, IoStats};
+pub use outbox::{Finish, Outbox, Outgoing, Pushed, WRITE_BATCH_BYTES};
+
+pub use crate::codec::Publication;
+use crate::codec::envelope::{self, Envelope};
+use crate::codec::http::{self, ClientProtocol, Decision, HeadReader, Route};
+use crate::codec::seed::FrameError;
+use crate::config::NodeConfig;
+use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Hub, Members, Queued, Session};
+use crate::metrics::Snapshot;
+
+/// How long a slow consumer's close frame may take before its socket is
+/// let go ([`Finish::Close`] with `abort`).
+pub const ABORT_CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// At shutdown, how long the broker task may take to finish what is queued
+/// (Redis may hang) before it is cancelled.
+pub const BROKER_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// How long to stop accepting after `accept` fails (out of descriptors).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a connection sent, as the WebSocket layer reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum Inbound<'a> {
+    /// A complete text frame's payload.
+    Text(&'a [u8]),
+    /// A binary frame.
+    Binary,
+    /// A ping or pong (keepalive; the WebSocket layer answers pings).
+    Control,
+    /// A frame over the size limit, refused by the WebSocket layer before it
+    /// was read whole.
+    TooLarge,
+    /// A text frame that is not UTF-8, refused by the WebSocket layer.
+    NotUtf8,
+    /// A frame that breaks the WebSocket protocol (reserved bits, no mask, a
+    /// bad opcode or fragmentation), refused by the WebSocket layer.
+    ProtocolError,
+}
+
+/// What a runtime does with a new socket, from [`Node::answer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Write `response` (the `101`), then speak WebSocket on the socket in
+    /// `protocol`; `rest` is what the client sent past its head, already
+    /// WebSocket bytes.
+    Upgrade {
+        response: Vec<u8>,
+        rest: Vec<u8>,
+        protocol: ClientProtocol,
+    },
+    /// Write this response, then end the stream.
+    Respond(Vec<u8>),
+    /// Drop the socket at once.
+    Drop,
+}
+
+/// A connection, as its runtime task holds it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Conn(Arc<Peer>);
+
+impl Conn {
+    pub fn id(&self) -> ConnId {
+        self.0.id
+    }
+
+    pub fn protocol(&self) -> ClientProtocol {
+        self.0.protocol
+    }
+}
+
+/// What the hub holds for each connection: its outbox and its protocol.
+#[derive(Debug)]
+pub struct Peer {
+    id: ConnId,
+    protocol: ClientProtocol,
+    outbox: Mutex<Outbox>,
+    session: Mutex<ProtocolSession>,
+}
+
+/// A connection's protocol state, touched only by its own task.
+#[derive(Debug)]
+enum ProtocolSession {
+    Seed(seed::SeedSession),
+    Centrifugo(Box<centrifugo::CfSession>),
+}
+
+impl ProtocolSession {
+    fn new(
+        cfg: &NodeConfig,
+        protocol: ClientProtocol,
+        id: ConnId,
+        now: Duration,
+    ) -> ProtocolSession {
+        match protocol {
+            ClientProtocol::Seed => ProtocolSession::Seed(seed::SeedSession::new(cfg, now)),
+            ClientProtocol::Centrifugo => {
+                ProtocolSession::Centrifugo(Box::new(centrifugo::CfSession::new(cfg, id, now)))
+            }
+        }
+    }
+}
+
+/// The labels of the Centrifugo protocol's bad frames and commands.
+const CF_LABELS: [&str; 17] = {
+    let mut all = [""; 17];
+    let (f, c) = (
+        crate::codec::centrifugo::FrameError::LABELS,
+        crate::codec::centrifugo::CommandErrorKind::LABELS,
+    );
+    let mut i = 0;
+    while i < f.len() {
+        all[i] = f[i];
+        i += 1;
+    }
+    while i < f.len() + c.len() {
+        all[i] = c[i - f.len()];
+        i += 1;
+    }
+    all
+};
+
+/// Counters kept outside the hub's lock.
+#[derive(Debug, Default)]
+struct Stats {
+    connections_opened: AtomicU64,
+    frames_received: AtomicU64,
+    broker_messages: AtomicU64,
+    deliveries: AtomicU64,
+    slow_consumer_closes: AtomicU64,
+    broker_payloads_dropped: AtomicU64,
+    broker_payloads_too_large: AtomicU64,
+    bad_frames: [AtomicU64; FrameError::LABELS.len()],
+    cf_bad_commands: [AtomicU64; CF_LABELS.len()],
+    rate_limited: AtomicU64,
+    no_pong_closes: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The hub and the wakers of the node-wide tasks, under one lock.
+#[derive(Debug)]
+struct Shared {
+    hub: Hub<Arc<Peer>>,
+    broker_waker: Option<Waker>,
+    timer_waker: Option<Waker>,
+    timer_seen: Option<Duration>,
+    now: Duration,
+}
+
+impl Shared {
+    /// The wakers to wake once the lock is released.
+    fn wakes(&mut self) -> [Option<Waker>; 2] {
+        let broker = if self.hub.broker().has_work() || self.hub.broker().is_stopped() {
+            self.broker_waker.take()
+        } else {
+            None
+        };
+        let timer = if self.hub.broker().deadline() != self.timer_seen {
+            self.timer_waker.take()
+        } else {
+            None
+        };
+        [broker, timer]
+    }
+}
+
+/// A poisoned lock means a panic mid-update: fail fast.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock()
+        .expect("a roomcast lock was poisoned: a bug, stopping")
+}
+
+fn wake_all<const N: usize>(wakers: [Option<Waker>; N]) {
+    for w in wakers.into_iter().flatten() {
+        w.wake();
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    shared: Mutex<Shared>,
+    admission: admission::Admission,
+    stats: Stats,
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig, now: Duration) -> Node {
+        let probe = envelope::channel_for(
+            &cfg.hub.channel_prefix,
+            &format!("__roomcast.probe.{}", cfg.node_id),
+        );
+        Node {
+            admission: admission::Admission::new(cfg.max_sockets, cfg.operator_reserve),
+            shared: Mutex::new(Shared {
+                hub: Hub::new(cfg.hub.clone(), cfg.mode, probe, now),
+                broker_waker: None,
+                timer_waker: None,
+                timer_seen: None,
+                now,
+            }),
+            cfg,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn mode(&self) -> BrokerMode {
+        self.cfg.mode
+    }
+
+    /// Runs `f` on the hub under its lock, then wakes whoever must be.
+    fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
+        let (r, wakes) = {
+            let mut s = lock(&self.shared);
+            let r = f(&mut s);
+            (r, s.wakes())
+        };
+        wake_all(wakes);
+        r
+    }
+
+    /// Reads the hub (tests, metrics).
+    pub fn inspect<R>(&self, f: impl FnOnce(&Hub<Arc<Peer>>) -> R) -> R {
+        f(&lock(&self.shared).hub)
+    }
+
+    pub fn broker_up(&self) -> bool {
+        self.inspect(|h| h.broker().is_up())
+    }
+
+    pub fn broker_state(&self) -> BrokerState {
+        self.inspect(|h| h.broker().state())
+    }
+
+    // ----- sockets -----
+
+    /// A socket was accepted. `None`: the node is full, operator reserve
+    /// included; drop the socket (it is counted). Otherwise read its
+    /// request head into the returned reader, give that to
+    /// [`Node::answer`], and report the socket's end, however it ends, with
+    /// [`Node::socket_closed`].
+    pub fn admit(&self) -> Option<Admitted> {
+        let full = self.admission.admit()?;
+        Some(Admitted {
+            head: HeadReader::new(self.cfg.serve_index),
+            full,
+        })
+    }
+
+    /// `accept` failed (out of descriptors and the like): what to log, if
+    /// anything (rate-limited).
+    pub fn accept_failed(&self, error: &str, now: Duration) -> Option<String> {
+        self.admission.accept_failed(error, now)
+    }
+
+    /// What to do with a socket whose head was read into `head`: stopped
+    /// when [`HeadReader::advance`] said so, or early because the read failed
+    /// or the handshake timeout passed (the socket is then dropped).
+    pub fn answer(&self, admitted: Admitted) -> Reply {
+        let Admitted { head, full } = admitted;
+        let (decision, mut buf) = head.into_parts();
+        match decision {
+            Some(Decision::Upgrade(up)) => {
+                if full || self.is_stopped() {
+                    self.admission.count_rejected();
+                    let body: &[u8] = if full {
+                        b"connection limit reached\n"
+                    } else {
+                        b"shutting down\n"
+                    };
+                    return Reply::Respond(http::response(503, TEXT, body, false));
+                }
+                if up.protocol == ClientProtocol::Seed && !self.cfg.seed_protocol {
+                    self.admission.count_http();
+                    return Reply::Respond(http::response(
+                        404,
+                        TEXT,
+                        b"the seed protocol is off on this node; use /connection/websocket\n",
+                        false,
+                    ));
+                }
+                let response = up.response();
+                buf.drain(..up.head_len);
+                buf.shrink_to_fit();
+                Reply::Upgrade {
+                    response,
+                    rest: buf,
+                    protocol: up.protocol,
+                }
+            }
+            Some(Decision::Route { route, head_only }) => {
+                self.admission.count_http();
+                Reply::Respond(self.respond(route, head_only, full))
+            }
+            Some(Decision::Incomplete | Decision::Invalid) | None => {
+                self.admission.count_handshake_failure();
+                Reply::Drop
+            }
+        }
+    }
+
+    /// The upgrade response could not be written in time: the socket is
+    /// dropped before it became a connection.
+    pub fn handshake_failed(&self) {
+        self.admission.count_handshake_failure();
+    }
+
+    /// A socket from [`Node::admit`] is gone.
+    pub fn socket_closed(&self) {
+        self.admission.socket_closed();
+    }
+
+    /// Ready once every admitted socket is closed: what shutdown waits for
+    /// (bounded by the grace period).
+    #[must_use = "work a task must carry out, or a waker registration it relies on"]
+    pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.admission.poll_drained(cx)
+    }
+
+    /// Sockets admitted and not yet reported closed.
+    pub fn sockets(&self) -> usize {
+        self.admission.sockets()
+    }
+
+    fn respond(&self, route: Route, head_only: bool, full: bool) -> Vec<u8> {
+        match route {
+            Route::Health => {
+                let (status, body): (u16, &[u8]) = if self.is_stopped() {
+                    (503, b"shutting down\n")
+                } else if !self.broker_up() {
+                    (503, b"broker unavailable\n")
+                } else if full {
+                    (503, b"full\n")
+                } else {
+                    (200, b"ok\n")
+                };
+                http::response(status, TEXT, body, head_only)
+            }
+            Route::Metrics => {
+                let body = crate::metrics::render(&self.snapshot());
+                http::response(200, "text/plain; version=0.0.4", body.as_bytes(), head_only)
+            }
+            Route::Index => http::response(
+                200,
+                "text/html; charset=utf-8",
+                crate::CHAT_PAGE.as_bytes(),
+                head_only,
+            ),
+            other => http::fixed_response(other, head_only)
+                .expect("every other route has a fixed response"),
+        }
+    }
+
+    // ----- connections -----
+
+    /// A WebSocket connection is established, speaking `protocol`.
+    pub fn open(&self, protocol: ClientProtocol, now: Duration) -> Conn {
+        add(&self.stats.connections_opened, 1);
+        let make = |id| {
+            Arc::new(Peer {
+                id,
+                protocol,
+                outbox: Mutex::new(Outbox::default()),
+                session: Mutex::new(ProtocolSession::new(&self.cfg, protocol, id, now)),
+            })
+        };
+        match self.with(|s| s.hub.open_with(make)) {
+            Ok(peer) => Conn(peer),
+            Err(_) => {
+                // After shutdown: closed at once.
+                let peer = make(ConnId(0));
+                let (code, reason) = seed::shutdown_close(protocol);
+                let _ = lock(&peer.outbox).close(code, reason.into(), false);
+                Conn(peer)
+            }
+        }
+    }
+
+    /// A frame arrived. Returns whether to go on reading: `false` once the
+    /// connection is closing (its writer sends the close).
+    pub fn frame(&self, conn: &Conn, input: Inbound<'_>, now: Duration) -> bool {
+        let peer = &conn.0;
+        if lock(&peer.outbox).is_closing() {
+            return false;
+        }
+        add(&self.stats.frames_received, 1);
+        let mut session = lock(&peer.session);
+        match &mut *session {
+            ProtocolSession::Seed(s) => s.frame(self, peer, input, now),
+            ProtocolSession::Centrifugo(s) => s.frame(self, peer, input, now),
+        }
+        drop(session);
+        !lock(&peer.outbox).is_closing()
+    }
+
+    /// When the connection's own timers next need [`Node::conn_timeout`].
+    pub fn conn_deadline(&self, conn: &Conn) -> Option<Duration> {
+        match &*lock(&conn.0.session) {
+            ProtocolSession::Seed(s) => s.deadline(),
+            ProtocolSession::Centrifugo(s) => s.deadline(),
+        }
+    }
+
+    /// The connection's deadline passed (calling early is harmless).
+    pub fn conn_timeout(&self, conn: &Conn, now: Duration) {
+        let peer = &conn.0;
+        let mut session = lock(&peer.session);
+        match &mut *session {
+            ProtocolSession::Seed(s) => s.timeout(self, peer, now),
+            ProtocolSession::Centrifugo(s) => s.timeout(self, peer, now),
+        }
+    }
+
+    /// The connection's reader stopped: the client sent a close frame
+    /// (`peer_closed`), the stream ended or failed, or [`Node::frame`] said
+    /// to stop. `None`: the writer has a close to send; wait for it, but no
+    /// longer than the shutdown grace (it may be stuck on a client that does
+    /// not read), then let the socket go.
+    ///
+    /// A slow consumer (the close is an abort) ends at once, as from
+    /// [`Node::poll_abort`], even if it sent a close: its writer is stuck and
+    /// will send neither the close nor the answer.
+    pub fn reading_ended(&self, conn: &Conn, peer_closed: bool) -> Option<Finish> {
+        let ob = lock(&conn.0.outbox);
+        if let Some(abort) = ob.abort_close() {
+            Some(abort)
+        } else if ob.is_closing() {
+            None
+        } else if peer_closed {
+            Some(Finish::Answer)
+        } else {
+            Some(Finish::Release)
+        }
+    }
+
+    /// The runtime found the connection's own buffers full (beyond the
+    /// outbox): it is closed as a slow consumer.
+    pub fn outbound_full(&self, conn: &Conn) {
+        self.drop_slow(std::slice::from_ref(&conn.0));
+    }
+
+    /// The connection's task has finished: nothing of it remains.
+    pub fn closed(&self, conn: Conn) {
+        let id = conn.0.id;
+        self.with(|s| {
+            s.hub.close(id);
+        });
+    }
+
+    /// The writer of `conn` takes its next work, or registers to be woken.
+    #[must_use = "work a task must carry out, or a waker registration it relies on"]
+    pub fn poll_outgoing(&self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Outgoing> {
+        lock(&conn.0.outbox).take(cx.waker())
+    }
+
+    /// Ready when the connection must be dropped at once (a slow consumer):
+    /// lets a runtime interrupt a writer blocked on a full socket, and end
+    /// the connection the way this says instead.
+    #[must_use = "work a task must carry out, or a waker registration it relies on"]
+    pub fn poll_abort(&self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Finish> {
+        lock(&conn.0.outbox).watch_abort(cx.waker())
+    }
+
+    /// Whether the connection is closing (its writer may still be sending
+    /// the close frame).
+    pub fn is_closing(&self, conn: &Conn) -> bool {
+        lock(&conn.0.outbox).is_closing()
+    }
+
+    /// Bytes queued for a connection and not yet taken by its writer.
+    pub fn queued_bytes(&self, conn: &Conn) -> usize {
+        lock(&conn.0.outbox).bytes()
+    }
+
+    /// The frames queued for a connection (tests).
+    pub fn queued_frames(&self, conn: &Conn) -> Vec<Bytes> {
+        lock(&conn.0.outbox).frames().cloned().collect()
+    }
+
+    /// The close waiting for a connection's writer, if any.
+    pub fn queued_close(&self, conn: &Conn) -> Option<(u16, String)> {
+        lock(&conn.0.outbox)
+            .queued_close()
+            .map(|(c, r)| (c, r.to_string()))
+    }
+
+    // ----- operations, for the protocol sessions -----
+
+    /// Queues a frame for one connection (a reply); a full outbox makes it
+    /// a slow consumer.
+    fn send(&self, peer: &Arc<Peer>, frame: Bytes) {
+        let max = self.cfg.hub.limits.max_outbound_bytes;
+        let pushed = lock(&peer.outbox).push(frame, max);
+        match pushed {
+            Pushed::Queued(w) => wake_all([w]),
+            Pushed::Full => self.drop_slow(std::slice::from_ref(peer)),
+            Pushed::Closing => {}
+        }
+    }
+
+    /// Closes a connection with this code and reason: the hub forgets it at
+    /// once, the writer sends the close after what is queued.
+    fn close(&self, peer: &Arc<Peer>, code: u16, reason: String) {
+        let wakes = lock(&peer.outbox).close(code, reason, false);
+        wake_all(wakes);
+        let id = peer.id;
+        self.with(|s| {
+            s.hub.close(id);
+        });
+    }
+
+    fn join(&self, peer: &Arc<Peer>, room: &str) -> Result<bool, crate::hub::Refusal> {
+        let id = peer.id;
+        self.with(|s| s.hub.join(id, room))
+    }
+
+    /// Joins a room and queues the reply `answer` makes of the outcome,
+    /// both under the hub's lock: no publication to the room can reach the
+    /// connection before the reply that it joined.
+    fn join_then(
+        &self,
+        peer: &Arc<Peer>,
+        room: &str,
+        answer: impl FnOnce(Result<bool, crate::hub::Refusal>) -> Bytes,
+    ) {
+        let max = self.cfg.hub.limits.max_outbound_bytes;
+        let id = peer.id;
+        let pushed = self.with(|s| {
+            let joined = s.hub.join(id, room);
+            lock(&peer.outbox).push(answer(joined), max)
+        });
+        match pushed {
+            Pushed::Queued(w) => wake_all([w]),
+            Pushed::Full => self.drop_slow(std::slice::from_ref(peer)),
+            Pushed::Closing => {}
+        }
+    }
+
+    fn is_member(&self, peer: &Arc<Peer>, room: &str) -> bool {
+        self.inspect(|h| h.is_member(peer.id, room))
+    }
+
+    fn count_cf_bad_command(&self, label: &str) {
+        if let Some(i) = CF_LABELS.iter().position(|l| *l == label) {
+            add(&self.stats.cf_bad_commands[i], 1);
+        }
+    }
+
+    fn leave(&self, peer: &Arc<Peer>, room: &str) -> bool {
+        let id = peer.id;
+        self.with(|s| s.hub.leave(id, room))
+    }
+
+    /// Publishes to a room: through the broker, or, embedded, straight to
+    /// the local members.
+    fn publish(&self, publication: &Publication<'_>) {
+        match self.cfg.mode {
+            BrokerMode::Local => {
+                let members = self.inspect(|h| h.members(publication.room));
+                if let Some(members) = members {
+                    self.deliver(publication, &members);
+                }
+            }
+            BrokerMode::Remote => {
+                let payload = Bytes::from(envelope::encode(publication));
+                let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, publication.room);
+                self.with(|s| match s.hub.broker_mut().publish(channel, payload) {
+                    Queued::Sent | Queued::Held | Queued::Dropped => {}
+                });
+            }
+        }
+    }
+
+    /// One message to every member in `members`: one frame per protocol,
+    /// shared; one lock per member's own outbox; slow consumers dropped in
+    /// one pass over the hub afterwards.
+    fn deliver(&self, publication: &Publication<'_>, members: &Members<Arc<Peer>>) {
+        let max = self.cfg.hub.limits.max_outbound_bytes;
+        let mut seed_frame: Option<Bytes> = None;
+        let mut cf_frame: Option<Bytes> = None;
+        let mut slow: Vec<Arc<Peer>> = Vec::new();
+        for (_, peer) in members.iter() {
+            let frame = match peer.protocol {
+                ClientProtocol::Seed => seed_frame
+                    .get_or_insert_with(|| seed::encode(publication))
+                    .clone(),
+                ClientProtocol::Centrifugo => cf_frame
+                    .get_or_insert_with(|| centrifugo::encode(publication))
+                    .clone(),
+            };
+            let pushed = lock(&peer.outbox).push(frame, max);
+            match pushed {
+                Pushed::Queued(Some(w)) => w.wake(),
+                Pushed::Queued(None) | Pushed::Closing => {}
+                Pushed::Full => slow.push(peer.clone()),
+            }
+        }
+        add(&self.stats.deliveries, members.len() as u64);
+        if !slow.is_empty() {
+            self.drop_slow(&slow);
+        }
+    }
+
+    /// Closes slow consumers: their queue is discarded, their sockets let go.
+    fn drop_slow(&self, peers: &[Arc<Peer>]) {
+        let mut dropped = Vec::with_capacity(peers.len());
+        for peer in peers {
+            let (code, reason) = seed::slow_consumer_close(peer.protocol);
+            let wakes = lock(&peer.outbox).close(code, reason.into(), true);
+            if wakes.iter().any(Option::is_some) || !dropped.contains(&peer.id) {
+                dropped.push(peer.id);
+            }
+            wake_all(wakes);
+        }
+        let n = self.with(|s| {
+            dropped
+                .iter()
+                .filter(|&&id| s.hub.close(id).is_some())
+                .count()
+        });
+        add(&self.stats.slow_consumer_closes, n as u64);
+    }
+
+    fn count_bad_frame(&self, label: &str) {
+        if let Some(i) = FrameError::LABELS.iter().position(|l| *l == label) {
+            add(&self.stats.bad_frames[i], 1);
+        }
+    }
+
+    // ----- broker -----
+
+    /// A message arrived on a subscribed channel. It reaches every local
+    /// member of its room.
+    pub fn broker_message(&self, channel: &[u8], payload: &[u8]) {
+        add(&self.stats.broker_messages, 1);
+        let probe = self.inspect(|h| h.broker().probe_channel().as_bytes() == channel);
+        if probe {
+            self.with(|s| {
+                let now = s.now;
+                s.hub.broker_mut().probe_echo(payload, now);
+            });
+            return;
+        }
+        if payload.len() > self.cfg.hub.limits.max_broker_payload_bytes {
+            add(&self.stats.broker_payloads_too_large, 1);
+            return;
+        }
+        let env = match envelope::parse_for_channel(&self.cfg.hub.channel_prefix, channel, payload)
+        {
+            Ok(env) => env,
+            Err(_) => {
+                add(&self.stats.broker_payloads_dropped, 1);
+                return;
+            }
+        };
+        let Envelope {
+            room,
+            message,
+            info,
+        } = env;
+        let members = self.inspect(|h| h.members(&room));
+        if let Some(members) = members {
+            let publication = Publication {
+                room: &room,
+                message,
+                info: info.as_deref(),
+            };
+            self.deliver(&publication, &members);
+        }
+    }
+
+    /// Broker messages too large to take (`--max-broker-payload-bytes`) so far.
+    pub fn broker_payloads_too_large(&self) -> u64 {
+        self.stats.broker_payloads_too_large.load(Ordering::Relaxed)
+    }
+
+    pub fn broker_connected(&self, session: Session, now: Duration) {
+        self.with(|s| {
+            s.now = s.now.max(now);
+            s.hub.broker_connected(session, now);
+        });
+    }
+
+    /// The links of `session` failed: `unknown` publishes were in the failed
+    /// operation, `unsent` were queued behind it.
+    pub fn broker_disconnected(
+        &self,
+        session: Session,
+        unknown: usize,
+        unsent: Vec<(String, Bytes)>,
+        now: Duration,
+    ) {
+        self.with(|s| {
+            s.now = s.now.max(now);
+            s.hub
+                .broker_mut()
+                .disconnected(session, unknown, unsent, now);
+        });
+    }
+
+    /// A subscribe or unsubscribe of `session` completed.
+    pub fn broker_progress(&self, session: Session, now: Duration) {
+        self.with(|s| {
+            s.now = s.now.max(now);
+            s.hub.broker_mut().progress(session, now);
+        });
+    }
+
+    /// Redis confirmed `n` publishes of `session`.
+    pub fn broker_published(&self, session: Session, n: usize) {
+        self.with(|s| s.hub.broker_mut().published(session, n));
+    }
+
+    /// The broker task takes every queued broker operation, or registers to
+    /// be woken. After shutdown, once everything queued has been taken, it is
+    /// ready with `None`: the broker task's cue to finish.
+    #[must_use = "work a task must carry out, or a waker registration it relies on"]
+    pub fn poll_broker(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<BrokerOp>>> {
+        self.with(|s| {
+            let ops = s.hub.broker_mut().poll();
+            if !ops.is_empty() {
+                return Poll::Ready(Some(ops));
+            }
+            if s.hub.broker().is_stopped() {
+                return Poll::Ready(None);
+            }
+            s.broker_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    // ----- time -----
+
+    /// The node's next deadline (the broker session's).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.inspect(|h| h.broker().deadline())
+    }
+
+    /// Ready when the deadline differs from `seen`: the timer task sleeps
+    /// until `seen` or until this fires, whichever comes first.
+    #[must_use = "work a task must carry out, or a waker registration it relies on"]
+    pub fn poll_deadline_change(
+        &self,
+        seen: Option<Duration>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Duration>> {
+        let mut s = lock(&self.shared);
+        let d = s.hub.broker().deadline();
+        if d != seen {
+            return Poll::Ready(d);
+        }
+        s.timer_seen = seen;
+        s.timer_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Time passed. Call at [`Node::deadline`] (earlier is harmless).
+    pub fn timeout(&self, now: Duration) {
+        self.with(|s| {
+            s.now = s.now.max(now);
+            s.hub.broker_mut().timeout(now);
+        });
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.inspect(|h| h.is_stopped())
+    }
+
+    /// Graceful shutdown: every connection is closed ("going away"), every
+    /// subscription dropped, and the broker session ended once what is
+    /// queued has gone out.
+    pub fn shutdown(&self) {
+        let closed = self.with(|s| s.hub.shutdown());
+        for (_, peer) in closed {
+            let (code, reason) = seed::shutdown_close(peer.protocol);
+            let wakes = lock(&peer.outbox).close(code, reason.into(), false);
+            wake_all(wakes);
+        }
+        // The broker task must see the stop even when nothing was queued.
+        let w = lock(&self.shared).broker_waker.take();
+        wake_all([w]);
+    }
+
+    // ----- metrics -----
+
+    /// The numbers `/metrics` shows, copied out (the hub's lock is held only
+    /// for the copy).
+    pub fn snapshot(&self) -> Snapshot {
+        let (connections, rooms, broker_up, subscriptions, buffered, pending_changes, counters) =
+            self.inspect(|h| {
+                let b = h.broker();
+                (
+                    h.connections(),
+                    h.rooms(),
+                    b.is_up(),
+                    b.subscriptions(),
+                    b.buffered(),
+                    b.pending_changes(),
+                    b.counters(),
+                )
+            });
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let io = self.admission.stats();
+        Snapshot {
+            connections,
+            sockets: self.admission.sockets(),
+            rooms,
+            broker_up,
+            subscriptions,
+            publish_buffer_depth: buffered,
+            pending_subscription_changes: pending_changes,
+            broker: counters,
+            connections_opened: load(&self.stats.connections_opened),
+            frames_received: load(&self.stats.frames_received),
+            broker_messages: load(&self.stats.broker_messages),
+            deliveries: load(&self.stats.deliveries),
+            slow_consumer_closes: load(&self.stats.slow_consumer_closes),
+            broker_payloads_dropped: load(&self.stats.broker_payloads_dropped),
+            broker_payloads_too_large: load(&self.stats.broker_payloads_too_large),
+            rate_limited: load(&self.stats.rate_limited),
+            no_pong_closes: load(&self.stats.no_pong_closes),
+            bad_frames: FrameError::LABELS
+                .iter()
+                .zip(&self.stats.bad_frames)
+                .map(|(l, c)| (*l, load(c)))
+                .collect(),
+            cf_bad_commands: CF_LABELS
+                .iter()
+                .zip(&self.stats.cf_bad_commands)
+                .map(|(l, c)| (*l, load(c)))
+                .collect(),
+            handshake_failures: io.handshake_failures,
+            rejected_connections: io.rejected_connections,
+            http_requests: io.http_requests,
+            accept_errors: io.accept_errors,
+        }
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+#[cfg(test)]
+mod tests;

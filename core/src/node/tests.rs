@@ -1,0 +1,567 @@
+use super::*;
+use crate::codec::http::MAX_HEAD_BYTES;
+use crate::config::HubConfig;
+use std::sync::atomic::AtomicUsize;
+use std::task::Wake;
+
+struct Count(AtomicUsize);
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn waker() -> (Arc<Count>, Waker) {
+    let c = Arc::new(Count(AtomicUsize::new(0)));
+    (c.clone(), Waker::from(c))
+}
+
+fn sub(room: &str) -> String {
+    format!(r#"{{"type":"SUBSCRIBE","room":"{room}"}}"#)
+}
+
+fn send(room: &str, msg: &str) -> String {
+    format!(r#"{{"type":"sendMessage","roomId":"{room}","message":"{msg}"}}"#)
+}
+
+const T0: Duration = Duration::ZERO;
+
+fn local(hub: HubConfig) -> Node {
+    Node::new(
+        NodeConfig {
+            hub,
+            ..NodeConfig::default()
+        },
+        T0,
+    )
+}
+
+fn remote() -> Node {
+    Node::new(
+        NodeConfig {
+            mode: BrokerMode::Remote,
+            ..NodeConfig::default()
+        },
+        T0,
+    )
+}
+
+fn open(n: &Node) -> Conn {
+    n.open(ClientProtocol::Seed, T0)
+}
+
+fn text(n: &Node, c: &Conn, s: &str) -> bool {
+    n.frame(c, Inbound::Text(s.as_bytes()), T0)
+}
+
+/// Brings a remote node's first session up: connect, subscribe, probe echo.
+fn bring_up(n: &Node) {
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!()
+    };
+    assert_eq!(ops, vec![BrokerOp::Connect(Session(1))]);
+    n.broker_connected(Session(1), T0);
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!()
+    };
+    let Some(BrokerOp::Probe { channel, payload }) = ops.last() else {
+        panic!("{ops:?}")
+    };
+    assert!(!n.broker_up());
+    n.broker_message(channel.as_bytes(), payload);
+    assert!(n.broker_up());
+}
+
+#[test]
+fn local_mode_delivers_to_members_including_sender() {
+    let n = local(HubConfig::default());
+    assert!(n.broker_up());
+    let (a, b, c) = (open(&n), open(&n), open(&n));
+    text(&n, &a, &sub("r"));
+    text(&n, &b, &sub("r"));
+    text(&n, &a, &send("r", "hi"));
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    for conn in [&a, &b] {
+        assert_eq!(
+            n.poll_outgoing(conn, &mut cx),
+            Poll::Ready(Outgoing::Frames(vec![Bytes::from_static(b"hi")]))
+        );
+    }
+    assert!(n.poll_outgoing(&c, &mut cx).is_pending());
+    text(&n, &b, &send("r", "yo"));
+    assert_eq!(count.0.load(Ordering::SeqCst), 0, "c is not a member");
+    assert!(n.poll_outgoing(&a, &mut cx).is_ready());
+}
+
+#[test]
+fn writer_is_woken_and_close_follows_frames() {
+    let n = local(HubConfig::default());
+    let a = open(&n);
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    assert!(n.poll_outgoing(&a, &mut cx).is_pending());
+    text(&n, &a, &sub("r"));
+    text(&n, &a, &send("r", "x"));
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert!(!n.frame(&a, Inbound::Binary, T0));
+    assert!(matches!(
+        n.poll_outgoing(&a, &mut cx),
+        Poll::Ready(Outgoing::Frames(_))
+    ));
+    assert_eq!(
+        n.poll_outgoing(&a, &mut cx),
+        Poll::Ready(Outgoing::Finish(Finish::Close {
+            code: 1003,
+            reason: "binary frames are not supported".into(),
+            abort: false
+        }))
+    );
+    let gone = Poll::Ready(Outgoing::Finish(Finish::Release));
+    assert_eq!(n.poll_outgoing(&a, &mut cx), gone);
+    n.closed(a.clone());
+    assert_eq!(n.poll_outgoing(&a, &mut cx), gone);
+}
+
+#[test]
+fn slow_consumer_is_closed_with_unsent_data_discarded() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_outbound_bytes = 10;
+    let n = local(cfg);
+    let slow = open(&n);
+    let fast = open(&n);
+    for c in [&slow, &fast] {
+        text(&n, c, &sub("r"));
+    }
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    // The slow writer is stuck in a socket write: only the abort watch is registered.
+    assert!(n.poll_abort(&slow, &mut cx).is_pending());
+    for i in 0..5 {
+        text(&n, &fast, &send("r", &format!("m{i}xx")));
+        // The fast reader drains after every message; the slow one never does.
+        assert!(matches!(
+            n.poll_outgoing(&fast, &mut cx),
+            Poll::Ready(Outgoing::Frames(f)) if f.len() == 1
+        ));
+    }
+    assert_eq!(
+        n.poll_outgoing(&slow, &mut cx),
+        Poll::Ready(Outgoing::Finish(Finish::Close {
+            code: 1008,
+            reason: "slow consumer".into(),
+            abort: true
+        }))
+    );
+    assert!(!n.inspect(|h| h.is_open(slow.id())));
+    assert!(count.0.load(Ordering::SeqCst) >= 1, "abort watch woken");
+    assert!(n.poll_abort(&slow, &mut cx).is_ready());
+    assert!(n.poll_abort(&fast, &mut cx).is_pending());
+    assert_eq!(n.snapshot().slow_consumer_closes, 1);
+    let members = n.inspect(|h| h.members("r")).unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].0, fast.id());
+}
+
+#[test]
+fn a_big_message_does_not_make_prompt_readers_slow() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_outbound_bytes = 1024;
+    cfg.limits.max_frame_bytes = 1024;
+    let n = local(cfg);
+    let a = open(&n);
+    let b = open(&n);
+    for c in [&a, &b] {
+        text(&n, c, &sub("r"));
+    }
+    let big = "x".repeat(900);
+    text(&n, &a, &send("r", &big));
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    for c in [&a, &b] {
+        assert!(matches!(
+            n.poll_outgoing(c, &mut cx),
+            Poll::Ready(Outgoing::Frames(_))
+        ));
+        assert!(!n.is_closing(c));
+    }
+    assert_eq!(n.snapshot().slow_consumer_closes, 0);
+}
+
+#[test]
+fn remote_mode_comes_up_only_after_its_probe_and_wakes_the_broker_task() {
+    let n = remote();
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let a = open(&n);
+    text(&n, &a, &send("r", "held"));
+    bring_up(&n);
+    let before = count.0.load(Ordering::SeqCst);
+    assert!(matches!(
+        n.poll_broker(&mut cx),
+        Poll::Ready(Some(ops)) if matches!(&ops[..], [BrokerOp::Publish(p)] if p.len() == 1)
+    ));
+    assert!(n.poll_broker(&mut cx).is_pending());
+    text(&n, &a, &sub("r"));
+    assert_eq!(count.0.load(Ordering::SeqCst), before + 1);
+    assert_eq!(
+        n.poll_broker(&mut cx),
+        Poll::Ready(Some(vec![BrokerOp::Subscribe(vec!["r".into()])]))
+    );
+}
+
+#[test]
+fn broker_task_is_told_to_finish_at_shutdown_even_when_down() {
+    let n = remote();
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let _ = n.poll_broker(&mut cx);
+    n.broker_disconnected(Session(1), 0, Vec::new(), T0);
+    assert!(n.poll_broker(&mut cx).is_pending());
+    n.shutdown();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert_eq!(n.poll_broker(&mut cx), Poll::Ready(None));
+}
+
+#[test]
+fn timer_task_is_woken_when_the_deadline_moves() {
+    let n = remote();
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let d = n.deadline();
+    assert!(n.poll_deadline_change(d, &mut cx).is_pending());
+    n.broker_disconnected(Session(1), 0, Vec::new(), Duration::from_secs(1));
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert!(n.poll_deadline_change(d, &mut cx).is_ready());
+}
+
+#[test]
+fn a_connection_ends_as_its_first_finisher_says() {
+    let n = local(HubConfig::default());
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    // The client leaves: its close is answered, or the stream just broke.
+    let a = open(&n);
+    assert_eq!(n.reading_ended(&a, true), Some(Finish::Answer));
+    assert_eq!(n.reading_ended(&a, false), Some(Finish::Release));
+    // A refused frame: stop reading, and the writer has the close.
+    assert!(text(&n, &a, &sub("r")));
+    assert!(!n.frame(&a, Inbound::Binary, T0));
+    assert_eq!(n.reading_ended(&a, false), None);
+    assert!(
+        n.poll_abort(&a, &mut cx).is_pending(),
+        "not a slow consumer"
+    );
+    assert!(matches!(
+        n.poll_outgoing(&a, &mut cx),
+        Poll::Ready(Outgoing::Finish(Finish::Close { code: 1003, .. }))
+    ));
+    n.closed(a.clone());
+    // Dropped as a slow consumer: the abort watch has the close.
+    let b = open(&n);
+    n.outbound_full(&b);
+    let close = Finish::Close {
+        code: 1008,
+        reason: "slow consumer".into(),
+        abort: true,
+    };
+    assert_eq!(n.poll_abort(&b, &mut cx), Poll::Ready(close.clone()));
+    assert_eq!(
+        n.reading_ended(&b, true),
+        Some(close.clone()),
+        "even after its close"
+    );
+    assert_eq!(
+        n.poll_outgoing(&b, &mut cx),
+        Poll::Ready(Outgoing::Finish(close))
+    );
+    // Shutdown closes with 1001.
+    let c = open(&n);
+    n.shutdown();
+    assert_eq!(
+        n.poll_outgoing(&c, &mut cx),
+        Poll::Ready(Outgoing::Finish(Finish::Close {
+            code: 1001,
+            reason: "going away".into(),
+            abort: false
+        }))
+    );
+    let late = open(&n);
+    assert!(
+        n.is_closing(&late),
+        "after shutdown a connection is closed at once"
+    );
+}
+
+#[test]
+fn a_member_that_overflows_its_own_outbox_is_aborted_when_its_reader_stops() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_outbound_bytes = 64;
+    let n = local(cfg);
+    let a = open(&n);
+    assert!(text(&n, &a, &sub("r")));
+    let mut frames = 0;
+    while text(&n, &a, &send("r", "0123456789")) {
+        frames += 1;
+        assert!(frames < 100);
+    }
+    let close = Finish::Close {
+        code: 1008,
+        reason: "slow consumer".into(),
+        abort: true,
+    };
+    assert_eq!(n.reading_ended(&a, false), Some(close.clone()));
+    let (_, w) = waker();
+    assert_eq!(
+        n.poll_abort(&a, &mut Context::from_waker(&w)),
+        Poll::Ready(close)
+    );
+}
+
+#[test]
+fn a_writer_takes_at_most_a_batch_and_the_rest_stays_counted() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_outbound_bytes = 1 << 20;
+    cfg.limits.max_frame_bytes = 1 << 20;
+    let n = local(cfg);
+    let a = open(&n);
+    text(&n, &a, &sub("r"));
+    let msg = "x".repeat(10_000);
+    for _ in 0..20 {
+        text(&n, &a, &send("r", &msg));
+    }
+    assert_eq!(n.queued_bytes(&a), 200_000);
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut sizes = Vec::new();
+    while let Poll::Ready(Outgoing::Frames(batch)) = n.poll_outgoing(&a, &mut cx) {
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        assert!(bytes <= WRITE_BATCH_BYTES);
+        sizes.push(batch.len());
+        assert_eq!(
+            n.queued_bytes(&a),
+            200_000 - 10_000 * sizes.iter().sum::<usize>()
+        );
+    }
+    assert_eq!(sizes, [6, 6, 6, 2]);
+}
+
+#[test]
+fn seed_keepalive_pings_then_closes_a_silent_peer() {
+    let n = local(HubConfig::default());
+    let a = open(&n);
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let ping_at = n.conn_deadline(&a).unwrap();
+    assert_eq!(ping_at, Duration::from_secs(25));
+    n.conn_timeout(&a, ping_at);
+    assert_eq!(n.poll_outgoing(&a, &mut cx), Poll::Ready(Outgoing::Ping));
+    // It answers: back to the interval.
+    n.frame(&a, Inbound::Control, ping_at + Duration::from_secs(1));
+    assert_eq!(n.conn_deadline(&a), Some(Duration::from_secs(51)));
+    n.conn_timeout(&a, Duration::from_secs(51));
+    let _ = n.poll_outgoing(&a, &mut cx);
+    n.conn_timeout(&a, Duration::from_secs(61));
+    assert_eq!(
+        n.poll_outgoing(&a, &mut cx),
+        Poll::Ready(Outgoing::Finish(Finish::Close {
+            code: 1008,
+            reason: "no pong".into(),
+            abort: false
+        }))
+    );
+    assert_eq!(n.snapshot().no_pong_closes, 1);
+}
+
+#[test]
+fn the_command_rate_limit_closes_a_flooding_seed_client() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_commands_per_sec = 5;
+    let n = local(cfg);
+    let a = open(&n);
+    for i in 0..5 {
+        assert!(text(&n, &a, &sub(&format!("r{i}"))));
+    }
+    assert!(!text(&n, &a, &sub("r5")));
+    assert_eq!(
+        n.queued_close(&a),
+        Some((1008, "too many requests".to_string()))
+    );
+}
+
+#[test]
+fn sockets_are_admitted_up_to_the_limit_and_shutdown_waits_for_them() {
+    let n = Node::new(
+        NodeConfig {
+            max_sockets: 2,
+            operator_reserve: 1,
+            ..NodeConfig::default()
+        },
+        T0,
+    );
+    let (count, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    assert!(n.poll_drained(&mut cx).is_ready(), "nothing to wait for");
+    assert!(n.admit().is_some());
+    assert!(n.admit().is_some());
+    let reserve = n.admit().expect("the operator reserve");
+    assert!(n.admit().is_none(), "over the limit and the reserve");
+    assert_eq!(n.snapshot().rejected_connections, 1);
+    // On the reserve, /healthz answers "full" and an upgrade is refused.
+    let (head, _) = read_head(reserve, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 1024);
+    let Reply::Respond(r) = n.answer(head) else {
+        panic!()
+    };
+    assert!(
+        r.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    assert!(r.ends_with(b"full\n"));
+    assert_eq!(n.sockets(), 3);
+    assert!(n.poll_drained(&mut cx).is_pending());
+    n.socket_closed();
+    n.socket_closed();
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    n.socket_closed();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken at zero");
+    assert!(n.poll_drained(&mut cx).is_ready());
+}
+
+/// Feeds `input` to a reader in reads of at most `chunk` bytes, as a
+/// runtime would; returns the reader once it says stop, or at the end.
+fn read_head(
+    mut head: admission::Admitted,
+    input: &[u8],
+    chunk: usize,
+) -> (admission::Admitted, usize) {
+    let mut at = 0;
+    let mut reads = 0;
+    loop {
+        let buf = head.head.buf();
+        assert!(!buf.is_empty());
+        let n = buf.len().min(chunk).min(input.len() - at);
+        buf[..n].copy_from_slice(&input[at..at + n]);
+        at += n;
+        reads += 1;
+        if head.head.advance(n) {
+            return (head, reads);
+        }
+    }
+}
+
+const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn head_reader_answers_an_upgrade_and_keeps_what_follows() {
+    let n = local(HubConfig::default());
+    let mut req = UPGRADE.to_vec();
+    req.extend_from_slice(b"\x81\x80ws");
+    for chunk in [1, 7, 1024] {
+        let (head, _) = read_head(n.admit().unwrap(), &req, chunk);
+        let Reply::Upgrade {
+            response,
+            rest,
+            protocol,
+        } = n.answer(head)
+        else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(protocol, ClientProtocol::Seed);
+        let response = String::from_utf8(response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 "));
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        if chunk == 1024 {
+            assert_eq!(rest, b"\x81\x80ws");
+        } else {
+            assert!(b"\x81\x80ws".starts_with(&rest));
+        }
+    }
+    let s = n.snapshot();
+    assert_eq!((s.handshake_failures, s.http_requests), (0, 0));
+}
+
+#[test]
+fn head_reader_routes_plain_requests_and_counts_failures() {
+    let n = local(HubConfig::default());
+    let (head, reads) = read_head(
+        n.admit().unwrap(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        5,
+    );
+    assert!(reads > 1);
+    let Reply::Respond(r) = n.answer(head) else {
+        panic!()
+    };
+    assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // Not HTTP: stop at the first read and drop.
+    let (head, reads) = read_head(n.admit().unwrap(), b"\x16\x03\x01\x02\x00 tls", 1024);
+    assert_eq!(reads, 1);
+    assert_eq!(n.answer(head), Reply::Drop);
+    // The stream ends before the head does.
+    let (head, _) = read_head(n.admit().unwrap(), b"GET / HTTP/1.1\r\n", 1024);
+    assert_eq!(n.answer(head), Reply::Drop);
+    // A head over the limit is answered 431 after at most one read past it.
+    let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 4 * MAX_HEAD_BYTES));
+    let (head, reads) = read_head(n.admit().unwrap(), &big, 1024);
+    assert!(reads <= MAX_HEAD_BYTES / 1024 + 1, "{reads} reads");
+    let Reply::Respond(r) = n.answer(head) else {
+        panic!()
+    };
+    assert!(r.starts_with(b"HTTP/1.1 431"));
+    let s = n.snapshot();
+    assert_eq!(s.handshake_failures, 2);
+    assert_eq!(s.http_requests, 2);
+}
+
+#[test]
+fn health_follows_the_broker_and_the_page_is_served() {
+    let n = local(HubConfig::default());
+    let get = |n: &Node, path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (head, _) = read_head(n.admit().unwrap(), req.as_bytes(), 1024);
+        match n.answer(head) {
+            Reply::Respond(r) => r,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(get(&n, "/healthz").starts_with(b"HTTP/1.1 200"));
+    assert!(get(&n, "/").ends_with(crate::CHAT_PAGE.as_bytes()));
+    let r = remote();
+    assert!(get(&r, "/healthz").starts_with(b"HTTP/1.1 503"));
+    bring_up(&r);
+    assert!(get(&r, "/healthz").starts_with(b"HTTP/1.1 200"));
+    let metrics = String::from_utf8(get(&r, "/metrics")).unwrap();
+    assert!(metrics.contains("roomcast_broker_up 1\n"), "{metrics}");
+}
+
+#[test]
+fn a_broker_payload_over_the_cap_is_dropped_and_counted() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_broker_payload_bytes = 100;
+    let n = Node::new(
+        NodeConfig {
+            hub: cfg,
+            mode: BrokerMode::Remote,
+            ..NodeConfig::default()
+        },
+        T0,
+    );
+    bring_up(&n);
+    let a = open(&n);
+    text(&n, &a, &sub("r"));
+    n.broker_message(b"r", send("r", &"x".repeat(200)).as_bytes());
+    n.broker_message(b"r", send("r", "small").as_bytes());
+    assert_eq!(n.queued_frames(&a), vec![Bytes::from_static(b"small")]);
+    assert_eq!(n.broker_payloads_too_large(), 1);
+}
+
+#[test]
+fn the_node_is_shared_across_threads() {
+    fn assert_sync<T: Send + Sync>() {}
+    assert_sync::<Node>();
+    assert_sync::<Conn>();
+}
