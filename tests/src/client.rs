@@ -6,6 +6,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::WebSocket;
 use tungstenite::{Message, Utf8Bytes};
 
@@ -21,6 +22,10 @@ pub enum Event {
     /// The connection ended without (further) frames: EOF, reset, error.
     Gone(String),
 }
+
+/// How long a close handshake may take once this client has its part done:
+/// the server's reply (or its end of the stream) must come within it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The start of every `sync` marker; `recv` never returns one.
 const SYNC_MARKER: &str = "\u{1}sync-marker";
@@ -149,20 +154,30 @@ impl Client {
     /// Reads the next event, or `None` when `deadline` passes first.
     pub fn next_event(&mut self, deadline: Instant) -> Option<Event> {
         loop {
+            let event = match self.read_until(deadline)? {
+                Ok(Message::Text(t)) => Event::Text(t.as_str().to_string()),
+                Ok(Message::Binary(b)) => Event::Binary(b.to_vec()),
+                Ok(Message::Close(f)) => {
+                    Event::Close(f.map(|f| (u16::from(f.code), f.reason.as_str().to_string())))
+                }
+                Ok(_) => continue,
+                Err(e) => Event::Gone(e.to_string()),
+            };
+            return Some(event);
+        }
+    }
+
+    /// The next thing the WebSocket library reads (a message, a control
+    /// frame, or the error that ends the connection), or `None` when
+    /// `deadline` passes first.
+    fn read_until(&mut self, deadline: Instant) -> Option<tungstenite::Result<Message>> {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
             self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
             match self.ws.read() {
-                Ok(Message::Text(t)) => return Some(Event::Text(t.as_str().to_string())),
-                Ok(Message::Binary(b)) => return Some(Event::Binary(b.to_vec())),
-                Ok(Message::Close(f)) => {
-                    return Some(Event::Close(
-                        f.map(|f| (u16::from(f.code), f.reason.as_str().to_string())),
-                    ));
-                }
-                Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
@@ -173,7 +188,7 @@ impl Client {
                 {
                     continue;
                 }
-                Err(e) => return Some(Event::Gone(e.to_string())),
+                r => return Some(r),
             }
         }
     }
@@ -263,7 +278,7 @@ impl Client {
         // Sends our close reply and reads until the server closes the TCP,
         // which it must do once the handshake is done (RFC 6455 §7.1.1), not
         // when its --shutdown-grace runs out.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
             match self.next_event(deadline) {
                 Some(Event::Gone(_)) => break,
@@ -290,13 +305,44 @@ impl Client {
         }
     }
 
-    /// A normal close handshake from the client side.
+    /// A normal close handshake from the client side: sends a close frame,
+    /// then reads (discarding what the server sent before it saw the close)
+    /// until the server ends the TCP stream, which it must do once the
+    /// handshake is done (RFC 6455 §7.1.1). Panics, saying how far the
+    /// handshake got, if the stream has not ended within [`CLOSE_TIMEOUT`]
+    /// or breaks instead (a reset, a protocol error).
     pub fn close(mut self) {
-        let _ = self.ws.close(None);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Some(ev) = self.next_event(deadline) {
-            if matches!(ev, Event::Gone(_)) {
-                break;
+        let addr = self.addr;
+        if let Err(e) = self.ws.close(None) {
+            panic!("send a close frame to {addr}: {e}");
+        }
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let mut answered = false;
+        loop {
+            match self.read_until(deadline) {
+                Some(Ok(Message::Close(_))) => answered = true,
+                Some(Ok(_)) => {}
+                // The library's word for: the close handshake is done and the
+                // peer ended the stream (EOF, or a reset once nothing more
+                // may be read).
+                Some(Err(tungstenite::Error::ConnectionClosed)) => return,
+                // EOF before a close reply. The stream did end, which is
+                // what this checks; the reply itself is not required here.
+                Some(Err(tungstenite::Error::Protocol(
+                    ProtocolError::ResetWithoutClosingHandshake,
+                ))) => return,
+                Some(Err(e)) if !answered => {
+                    panic!("{addr} broke the connection instead of closing it: {e}")
+                }
+                Some(Err(e)) => panic!("reading from {addr} after its close reply: {e}"),
+                None if !answered => panic!(
+                    "{addr} neither answered the close frame nor ended the TCP stream \
+                     within {CLOSE_TIMEOUT:?}"
+                ),
+                None => panic!(
+                    "{addr} answered the close frame but did not end the TCP stream \
+                     within {CLOSE_TIMEOUT:?}"
+                ),
             }
         }
     }
@@ -312,5 +358,111 @@ impl Client {
     pub fn send_raw_text_len(&mut self, len: usize) -> Result<(), tungstenite::Error> {
         let text: String = std::iter::repeat_n('x', len).collect();
         self.try_write(Message::Text(Utf8Bytes::from(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpListener};
+    use std::panic::AssertUnwindSafe;
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use tungstenite::Message;
+
+    use super::{CLOSE_TIMEOUT, Client};
+    use crate::TIMEOUT;
+
+    /// What the test server does once it has read the client's close frame.
+    #[derive(Clone, Copy, PartialEq)]
+    enum AfterClose {
+        /// Sends the close reply and closes the TCP connection.
+        Ends,
+        /// Sends the close reply and keeps the TCP connection open.
+        HoldsOpen,
+        /// Neither replies nor closes the TCP connection.
+        HoldsOpenWithoutReply,
+    }
+
+    /// A one-connection WebSocket server (std::net + tungstenite) that says
+    /// "hello" and then waits for the client's close frame. Dropping the
+    /// sender lets a server that holds the connection open go.
+    fn server(after: AfterClose) -> (SocketAddr, mpsc::Sender<()>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let (release, released) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+            let mut ws = tungstenite::accept(stream).expect("server handshake");
+            // Unread by the client when it closes: close() must skip it.
+            ws.send(Message::text("hello")).expect("send hello");
+            loop {
+                match ws.read() {
+                    // The reply is queued; the next read would write it.
+                    Ok(Message::Close(_)) if after == AfterClose::HoldsOpenWithoutReply => break,
+                    Ok(_) => {}
+                    // The close reply is written.
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(e) => panic!("test server: {e}"),
+                }
+            }
+            if after != AfterClose::Ends {
+                let _ = released.recv_timeout(Duration::from_secs(60));
+            }
+            drop(ws);
+        });
+        (addr, release, thread)
+    }
+
+    /// Runs `close()` against a server that behaves as `after` says;
+    /// returns its panic message (`None` if it returned) and how long it
+    /// took.
+    fn close_against(after: AfterClose) -> (Option<String>, Duration) {
+        let (addr, release, thread) = server(after);
+        let client = Client::connect(addr);
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| client.close()));
+        let took = started.elapsed();
+        drop(release);
+        thread.join().expect("the test server panicked");
+        let message = outcome.err().map(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        });
+        (message, took)
+    }
+
+    #[test]
+    fn close_returns_once_the_server_ends_the_stream() {
+        let (failure, _) = close_against(AfterClose::Ends);
+        assert_eq!(failure, None);
+    }
+
+    #[test]
+    fn close_fails_when_the_server_never_ends_the_stream() {
+        let (failure, took) = close_against(AfterClose::HoldsOpen);
+        let failure = failure.expect("close() returned though the TCP stream stayed open");
+        assert!(
+            failure.contains("answered the close frame but did not end the TCP stream"),
+            "{failure}"
+        );
+        assert!(took >= CLOSE_TIMEOUT, "gave up after {took:?}");
+        assert!(took < CLOSE_TIMEOUT + TIMEOUT, "waited {took:?}");
+    }
+
+    #[test]
+    fn close_fails_when_the_server_neither_answers_nor_ends_the_stream() {
+        let (failure, took) = close_against(AfterClose::HoldsOpenWithoutReply);
+        let failure = failure.expect("close() returned though the TCP stream stayed open");
+        assert!(
+            failure.contains("neither answered the close frame nor ended the TCP stream"),
+            "{failure}"
+        );
+        assert!(took < CLOSE_TIMEOUT + TIMEOUT, "waited {took:?}");
     }
 }

@@ -32,7 +32,7 @@ mod scenarios;
 mod seed;
 mod util;
 
-pub use client::{Client, Event};
+pub use client::{CLOSE_TIMEOUT, Client, Event};
 pub use http::{HttpResponse, http_get, http_request, read_until_closed};
 pub use metrics::Metrics;
 pub use node::{Node, PendingShutdown};
