@@ -39,7 +39,7 @@ pub use node::{Node, PendingShutdown};
 pub use redis::{RedisServer, redis_url};
 pub use scenarios::{Runtime, run_scenario};
 pub use seed::{SeedNode, install_seed, seed_payload, seed_source_dir, seed_unavailable};
-pub use util::{free_port, rss_bytes, spawn_child, unique, wait_until};
+pub use util::{free_port, rss_bytes, skip_or_fail, spawn_child, unique, wait_until};
 
 /// How long a single wait (a message, a close, a Redis condition) may take.
 /// Generous: the machine is small and busy; nothing asserts speed.

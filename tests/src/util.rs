@@ -107,3 +107,51 @@ pub fn rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmRSS in /proc/self/status")
 }
+
+/// Called by a test that cannot run because a tool it needs is missing;
+/// `why` says which, and how to install it. Under CI (the environment
+/// variable `CI` set to anything but empty, `0` or `false`) it panics with
+/// `why`: CI has every tool, so a missing one is a failure there. Elsewhere
+/// it prints `SKIPPED: {why}` and returns, and the caller returns too.
+pub fn skip_or_fail(why: &str) {
+    skip_or_fail_in(is_ci(std::env::var_os("CI").as_deref()), why);
+}
+
+fn is_ci(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")))
+}
+
+fn skip_or_fail_in(ci: bool, why: &str) {
+    if ci {
+        panic!("CI is set, so this test may not skip: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::panic::catch_unwind;
+
+    use super::{is_ci, skip_or_fail_in};
+
+    #[test]
+    fn ci_is_read_from_the_variable() {
+        assert!(!is_ci(None));
+        for off in ["", "0", "false", "FALSE"] {
+            assert!(!is_ci(Some(OsStr::new(off))), "CI={off:?}");
+        }
+        for on in ["true", "1", "yes"] {
+            assert!(is_ci(Some(OsStr::new(on))), "CI={on:?}");
+        }
+    }
+
+    #[test]
+    fn a_skip_fails_under_ci_and_only_there() {
+        let failure = catch_unwind(|| skip_or_fail_in(true, "`tool` is not on PATH"))
+            .expect_err("a skip under CI returned");
+        let message = failure.downcast_ref::<String>().expect("a formatted panic");
+        assert!(message.contains("`tool` is not on PATH"), "{message}");
+        skip_or_fail_in(false, "`tool` is not on PATH");
+    }
+}
