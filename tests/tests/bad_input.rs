@@ -1,6 +1,8 @@
 //! Every bad-input rule closes the offending connection with its code and
-//! reason, is counted, and leaves everyone else on the node served.
+//! reason, is counted, and leaves everyone else on the node served. Every
+//! label of core's [`FrameError::LABELS`] has a case here and a metric line.
 
+use roomcast_core::FrameError;
 use roomcast_tests::{Client, Node, RedisServer, Runtime, scenarios};
 use tungstenite::Message;
 
@@ -131,6 +133,12 @@ fn cases() -> Vec<Case> {
             "sendMessage: roomId must be a string",
             "field_not_string",
         ),
+        // A lone surrogate escape: valid JSON, but not a Unicode string.
+        case(
+            r#"{"type":"SUBSCRIBE","room":"a\udc00b"}"#,
+            r"string has an invalid \u escape",
+            "bad_escape",
+        ),
         case(
             r#"{"type":"SUBSCRIBE","room":""}"#,
             "room name is empty",
@@ -245,23 +253,9 @@ fn bad_input_closes_only_the_offender(rt: Runtime) {
     let after = node.wait_metric("roomcast_connections", |v| v == 2);
     assert_eq!(after, 2);
     let m = node.metrics();
-    for label in [
-        "too_large",
-        "binary",
-        "protocol",
-        "not_utf8",
-        "not_json",
-        "not_object",
-        "duplicate_field",
-        "missing_type",
-        "type_not_string",
-        "unknown_type",
-        "missing_field",
-        "field_not_string",
-        "room_empty",
-        "room_too_long",
-        "too_many_rooms",
-    ] {
+    // Every label core knows has its line (`bad_frames` panics without
+    // one) and counts exactly its cases.
+    for label in FrameError::LABELS {
         assert_eq!(
             m.bad_frames(label) - before.bad_frames(label),
             expected.get(label).copied().unwrap_or(0),
@@ -269,6 +263,26 @@ fn bad_input_closes_only_the_offender(rt: Runtime) {
         );
     }
     assert_eq!(m.get("roomcast_rooms"), 1);
+}
+
+/// The cases cover every label of [`FrameError::LABELS`], and name no other.
+#[test]
+fn every_bad_frame_label_has_a_case() {
+    let cases = cases();
+    for label in FrameError::LABELS {
+        assert!(
+            cases.iter().any(|c| c.label == label),
+            "no case in bad_input.rs is counted as {label:?}"
+        );
+    }
+    for c in &cases {
+        assert!(
+            FrameError::LABELS.contains(&c.label),
+            "case {:?} is counted as {:?}, which core does not know",
+            c.reason,
+            c.label
+        );
+    }
 }
 
 /// A frame of exactly --max-frame-bytes is accepted and delivered; one byte

@@ -11,7 +11,8 @@
 //!
 //! Needs `chromium` and `chromedriver` on PATH (Debian packages `chromium`
 //! and `chromium-driver`, which `.ci/run` installs); without them the test
-//! says why and passes without running.
+//! says why and passes without running, except under CI, where it fails
+//! (see [`skip_or_fail`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use roomcast_tests::{Node, RedisServer, Runtime, Value, free_port, json, spawn_child, unique};
+use roomcast_tests::{
+    Node, RedisServer, Runtime, Value, free_port, json, skip_or_fail, spawn_child, unique,
+};
 
 /// The longest any one wait (a page state, a WebDriver command) may take.
 const WAIT: Duration = Duration::from_secs(15);
@@ -45,10 +48,10 @@ fn chat_page_between_two_nodes_in_chromium() {
             } else {
                 "chromedriver"
             };
-            eprintln!(
-                "SKIPPED: the browser test needs `chromium` and `chromedriver` on PATH \
+            skip_or_fail(&format!(
+                "the browser test needs `chromium` and `chromedriver` on PATH \
                  (Debian packages chromium and chromium-driver); `{missing}` is not there"
-            );
+            ));
             return;
         }
     };

@@ -1,19 +1,22 @@
 //! Interop with the tutorial server (tests/seed-node, `node server.js`): a
 //! roomcast node and the seed on one Redis serve one room, and messages flow
-//! both ways. Skips, saying why, only where `node` or `npm` is missing.
+//! both ways. Skips, saying why, only where `node` or `npm` is missing, and
+//! fails there instead under CI (see [`skip_or_fail`]).
 
 use std::path::Path;
 
 use roomcast_tests::{
     Node, RedisServer, Runtime, SeedNode, install_seed, json, scenarios, seed_payload,
-    seed_unavailable,
+    seed_unavailable, skip_or_fail,
 };
 
 scenarios!(roomcast_and_seed_share_a_room);
 
 fn roomcast_and_seed_share_a_room(rt: Runtime) {
     if let Some(why) = seed_unavailable() {
-        eprintln!("SKIPPED: interop with the seed needs Node.js and npm: {why}");
+        skip_or_fail(&format!(
+            "interop with the seed needs Node.js and npm (Debian packages nodejs and npm): {why}"
+        ));
         return;
     }
     let dir = install_seed(Path::new(env!("CARGO_TARGET_TMPDIR")));

@@ -1,0 +1,265 @@
+//! A `redis-server` process of the test's own.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::signal;
+use crate::{TIMEOUT, free_port, spawn_child, unique};
+
+/// A `redis-server` of this test's own on a free 127.0.0.1 port. Dropping it
+/// kills it.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..10 {
+            match RedisServer::try_start_on(free_port()) {
+                Ok(r) => return r,
+                // Another process took the port first: pick another.
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    /// Starts a server on `port` (e.g. one reserved with [`free_port`]).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match RedisServer::try_start_on(port) {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("could not start redis-server on port {port}: {last}");
+    }
+
+    fn try_start_on(port: u16) -> Result<RedisServer, String> {
+        let dir = std::env::temp_dir().join(unique("roomcast-redis"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let mut r = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = match spawn_child(&mut cmd) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
+                "`redis-server` is not on PATH: the end-to-end tests start their own Redis. \
+                 Install the Debian package `redis-server` (apt-get install redis-server)."
+            ),
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited ({status}): {}",
+                    self.port,
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                ));
+            }
+            if self.ping() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "redis-server on port {} never answered PING",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        redis_url(self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+        redis::cmd("PING").query::<String>(&mut con).is_ok()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new server on the same port (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..10 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("could not restart redis-server: {last}");
+    }
+
+    /// SIGSTOP: the server hangs with its sockets open.
+    pub fn stop(&mut self) {
+        signal(self.child.as_ref().expect("redis running"), libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`stop`](Self::stop).
+    pub fn cont(&mut self) {
+        signal(self.child.as_ref().expect("redis running"), libc::SIGCONT);
+    }
+
+    /// A fresh admin connection (fresh each time, so it survives restarts).
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.port));
+        con.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        con.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        con
+    }
+
+    /// `PUBSUB NUMSUB channel`
+    pub fn numsub(&self, channel: &str) -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut self.conn())
+            .expect("PUBSUB NUMSUB");
+        n
+    }
+
+    /// `PUBSUB CHANNELS`, sorted.
+    pub fn channels(&self) -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query(&mut self.conn())
+            .expect("PUBSUB CHANNELS");
+        v.sort();
+        v
+    }
+
+    /// Waits until `PUBSUB NUMSUB channel` is `n`.
+    pub fn wait_numsub(&self, channel: &str, n: i64) {
+        let mut last = -1;
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            last = self.numsub(channel);
+            if last == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("PUBSUB NUMSUB {channel:?} stayed {last}, expected {n}");
+    }
+
+    /// Waits until no channel has a subscriber.
+    pub fn wait_no_channels(&self) {
+        let mut last = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            last = self.channels();
+            if last.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} channels still subscribed, e.g. {:?}",
+            last.len(),
+            &last[..last.len().min(10)]
+        );
+    }
+
+    /// `PUBLISH channel payload`; returns the number of receivers.
+    pub fn publish(&self, channel: &str, payload: &str) -> i64 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut self.conn())
+            .expect("PUBLISH")
+    }
+
+    /// `CLIENT KILL TYPE pubsub`; returns how many clients were killed.
+    pub fn kill_pubsub_clients(&self) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.conn())
+            .expect("CLIENT KILL TYPE pubsub")
+    }
+
+    /// `CONFIG SET key value`
+    pub fn config_set(&self, key: &str, value: &str) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("CONFIG SET {key} {value}: {e}"));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn redis_url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
