@@ -27,6 +27,9 @@ pub use serde_json::{Value, json};
 use tungstenite::protocol::WebSocket;
 use tungstenite::{Message, Utf8Bytes};
 
+/// Real Centrifugo SDK clients (JS and Python) driven as child processes.
+pub mod sdk;
+
 /// How long a single wait (a message, a close, a Redis condition) may take.
 /// Generous: the machine is small and busy; nothing asserts speed.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
