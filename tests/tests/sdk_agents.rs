@@ -204,6 +204,9 @@ fn echo_round_trip(sdk: Sdk) {
     );
     let r = a.ok(json!({"cmd": "rpc", "method": "sum", "data": [1, 2]}));
     assert_eq!(r, json!({"data": {"method": "sum", "echo": [1, 2]}}));
+    a.ok(json!({"cmd": "rpc", "method": "drop-news", "data": null}));
+    let ev = a.wait_event(is_on("unsubscribed", "srv:news"), TIMEOUT);
+    assert_eq!(ev["server"], true, "{ev}");
 
     // The server's errors.
     let e = a.err(json!({"cmd": "publish", "channel": "denied:1", "data": 1}));
@@ -331,6 +334,19 @@ fn tokens_and_positions(sdk: Sdk) {
     ] {
         assert_eq!(sub[field], want, "{field} in {sub}");
     }
+    // Join and leave of another client (room:* pushes them on subscribe).
+    a.ok(json!({"cmd": "subscribe", "channel": "room:1", "joinLeave": true}));
+    let info = json!({"client": "c9", "user": "u2", "connInfo": {"name": "B"}, "chanInfo": null});
+    let ev = a.wait_event(is_on("join", "room:1"), TIMEOUT);
+    assert_eq!(
+        ev,
+        json!({"event": "join", "server": false, "channel": "room:1", "info": info})
+    );
+    let ev = a.wait_event(is_on("leave", "room:1"), TIMEOUT);
+    assert_eq!(
+        ev,
+        json!({"event": "leave", "server": false, "channel": "room:1", "info": info})
+    );
     // An exhausted list is reported, and the SDK keeps retrying.
     a.ok(json!({"cmd": "subscribe", "channel": "pos:3", "getToken": []}));
     let ev = a.wait_event(is("getToken"), TIMEOUT);
@@ -377,8 +393,10 @@ fn waits_are_bounded() {
 // echoes each publication back to its publisher. Client ids are `c<N>` for
 // the N-th connection. Channels: `denied:*` fail with 103, `pos:*` are
 // recoverable and positioned at {7, "ep1"} (a recovering subscribe is
-// recovered at the position it asked for), `srv:news` is a server-side
-// subscription of every connection. A connect token "expired" gets 109.
+// recovered at the position it asked for), `room:*` push a join and a leave
+// of another client after a subscribe with join_leave, `srv:news` is a
+// server-side subscription of every connection (RPC "drop-news" ends it). A
+// connect token "expired" gets 109.
 // ---------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -577,7 +595,13 @@ fn answer(client: &str, cmd: &Value, out: &mut Vec<Value>) {
         }
     } else if let Some(sub) = cmd.get("subscribe") {
         let ch = channel("subscribe");
-        if ch.starts_with("denied:") {
+        if ch.starts_with("room:") && sub["join_leave"] == true {
+            // Someone joins and leaves right after the subscribe reply.
+            out.push(json!({"id": id, "subscribe": {}}));
+            let info = json!({"user": "u2", "client": "c9", "conn_info": {"name": "B"}});
+            out.push(json!({"push": {"channel": ch, "join": {"info": info}}}));
+            json!({"push": {"channel": ch, "leave": {"info": info}}})
+        } else if ch.starts_with("denied:") {
             denied
         } else if ch.starts_with("pos:") && sub["recover"] == true {
             json!({"id": id, "subscribe": {"recoverable": true, "positioned": true,
@@ -610,7 +634,14 @@ fn answer(client: &str, cmd: &Value, out: &mut Vec<Value>) {
             {"data": {"n": 1}, "offset": 3},
             {"data": {"n": 2}, "offset": 4, "tags": {"k": "v"}}]}})
     } else if let Some(rpc) = cmd.get("rpc") {
-        json!({"id": id, "rpc": {"data": {"method": rpc["method"], "echo": rpc["data"]}}})
+        if rpc["method"] == "drop-news" {
+            // The server ends the server-side subscription.
+            out.push(json!({"id": id, "rpc": {}}));
+            json!({"push": {"channel": "srv:news",
+                            "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}})
+        } else {
+            json!({"id": id, "rpc": {"data": {"method": rpc["method"], "echo": rpc["data"]}}})
+        }
     } else {
         json!({"id": id, "error": {"code": 104, "message": "method not found"}})
     };
