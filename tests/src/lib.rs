@@ -41,6 +41,9 @@ pub use scenarios::{Runtime, run_scenario};
 pub use seed::{SeedNode, install_seed, seed_payload, seed_source_dir, seed_unavailable};
 pub use util::{free_port, rss_bytes, skip_or_fail, spawn_child, unique, wait_until};
 
+/// Real Centrifugo SDK clients (JS and Python) driven as child processes.
+pub mod sdk;
+
 /// How long a single wait (a message, a close, a Redis condition) may take.
 /// Generous: the machine is small and busy; nothing asserts speed.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
