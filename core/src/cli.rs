@@ -52,9 +52,10 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_PUBLISH_BUFFER", default_value_t = 10_000)]
     pub publish_buffer: usize,
 
-    /// Largest payload taken from Redis; larger ones are dropped, counted and logged.
-    #[arg(long, env = "ROOMCAST_MAX_BROKER_PAYLOAD_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..))]
-    pub max_broker_payload_bytes: u64,
+    /// Largest payload taken from Redis; larger ones are dropped and counted.
+    /// Default: --max-outbound-bytes.
+    #[arg(long, env = "ROOMCAST_MAX_BROKER_PAYLOAD_BYTES", value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_broker_payload_bytes: Option<u64>,
 
     /// Commands one connection may send per second, both protocols (0: no limit).
     #[arg(long, env = "ROOMCAST_MAX_COMMANDS_PER_SEC", default_value_t = 0)]
@@ -137,7 +138,10 @@ impl Cli {
                 max_rooms_per_conn: self.max_rooms_per_conn as usize,
                 max_outbound_bytes: self.max_outbound_bytes as usize,
                 publish_buffer: self.publish_buffer,
-                max_broker_payload_bytes: self.max_broker_payload_bytes as usize,
+                max_broker_payload_bytes: self
+                    .max_broker_payload_bytes
+                    .unwrap_or(self.max_outbound_bytes)
+                    as usize,
                 max_commands_per_sec: self.max_commands_per_sec,
             },
             channel_prefix: self.channel_prefix.clone(),

@@ -25,7 +25,7 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt, AsyncWriteExt, FutureExt, SinkExt, StreamExt};
-use roomcast_core::node::Admitted;
+use roomcast_core::node::{Admitted, Taken};
 use roomcast_core::{
     ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerOp, ClientProtocol, Finish, Inbound,
     Node, Outgoing, Reply, Session,
@@ -623,9 +623,15 @@ async fn connect<R: Runtime>(
     let (reader, handle) = async move {
         let mut n = 0u32;
         while let Some(msg) = stream.next().await {
-            reader_shared
+            let taken = reader_shared
                 .node
                 .broker_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
+            if let Taken::TooLarge { len } = taken {
+                warn!(
+                    len,
+                    "dropped a Redis message larger than --max-broker-payload-bytes"
+                );
+            }
             n += 1;
             if n.is_multiple_of(BROKER_YIELD_EVERY) {
                 reader_shared.rt.yield_now().await;

@@ -181,8 +181,23 @@ impl RedisServer {
         n
     }
 
-    /// `PUBSUB CHANNELS`, sorted.
+    /// `PUBSUB CHANNELS`, sorted, without the nodes' probe channels: the
+    /// rooms' channels. (Every roomcast node on Redis also holds its own
+    /// probe channel, `__roomcast.probe.<node>`: see [`Self::probe_channels`].)
     pub fn channels(&self) -> Vec<String> {
+        let mut v = self.all_channels();
+        v.retain(|c| !c.contains("__roomcast.probe."));
+        v
+    }
+
+    /// The roomcast nodes' probe channels now subscribed.
+    pub fn probe_channels(&self) -> Vec<String> {
+        let mut v = self.all_channels();
+        v.retain(|c| c.contains("__roomcast.probe."));
+        v
+    }
+
+    fn all_channels(&self) -> Vec<String> {
         let mut v: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
             .query(&mut self.conn())

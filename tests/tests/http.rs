@@ -205,31 +205,40 @@ fn idle_connection_dropped_after_handshake_timeout(rt: Runtime) {
     assert_eq!(c.recv(), "ok");
 }
 
-/// Past --max-connections, new sockets are closed and counted; a freed slot
-/// is usable again.
+/// At --max-connections a node still answers its operators: /healthz says
+/// 503 "full" and /metrics answers, from a small reserve of sockets past
+/// the limit, while a WebSocket upgrade there is refused with 503 and
+/// counted; a freed slot is usable again.
 fn connections_over_the_limit_are_refused(rt: Runtime) {
     let node = Node::embedded(rt, &["--max-connections", "2"]);
     let mut a = node.client();
     let b = node.client();
     a.join("full");
-    let mut third = TcpStream::connect(node.addr()).unwrap();
-    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let got = read_until_closed(&mut third, TIMEOUT).expect("refused socket closed");
-    assert!(got.is_empty(), "a refused socket got an answer: {got:?}");
+    let ask = |req: &str| {
+        let mut s = TcpStream::connect(node.addr()).unwrap();
+        let _ = s.write_all(req.as_bytes());
+        String::from_utf8_lossy(&read_until_closed(&mut s, TIMEOUT).expect("answered and closed"))
+            .into_owned()
+    };
+    let health = ask("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.ends_with("full\n"), "{health}");
+    let metrics = ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let upgrade = ask(
+        "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(upgrade.starts_with("HTTP/1.1 503"), "{upgrade}");
     b.close();
     let mut answered = false;
     roomcast_tests::wait_until("a slot is free again", TIMEOUT, || {
-        let mut s = TcpStream::connect(node.addr()).unwrap();
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let got = read_until_closed(&mut s, TIMEOUT).unwrap_or_default();
-        let text = String::from_utf8_lossy(&got);
-        if text.starts_with("HTTP/1.1 200") {
-            answered = true;
-            let m = roomcast_tests::Metrics::parse(text.split_once("\r\n\r\n").unwrap().1);
-            assert!(m.get("roomcast_rejected_connections_total") >= 1);
-        }
+        let text = ask("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        answered = text.starts_with("HTTP/1.1 200");
         answered
     });
+    let metrics = ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let m = roomcast_tests::Metrics::parse(metrics.split_once("\r\n\r\n").unwrap().1);
+    assert_eq!(m.get("roomcast_rejected_connections_total"), 1);
     a.send("full", "still served");
     assert_eq!(a.recv(), "still served");
 }

@@ -811,7 +811,10 @@ pub fn encode_frame(commands: &[Command<'_>]) -> String {
 pub enum FrameError {
     /// Larger than `limits.max_frame_bytes`.
     #[error("frame larger than {max} bytes")]
-    TooLarge { max: usize },
+    TooLarge {
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// Not UTF-8.
     #[error("frame is not valid UTF-8")]
     NotUtf8,
@@ -823,10 +826,16 @@ pub enum FrameError {
     NotObject,
     /// A line nested deeper than [`MAX_DEPTH`].
     #[error("command nested deeper than {max} levels")]
-    TooDeep { max: usize },
+    TooDeep {
+        /// The limit, in levels.
+        max: usize,
+    },
     /// More than [`MAX_COMMANDS_PER_FRAME`] commands.
     #[error("more than {max} commands in one frame")]
-    TooManyCommands { max: usize },
+    TooManyCommands {
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl FrameError {
@@ -867,7 +876,10 @@ pub enum CommandErrorKind {
     BadId,
     /// A known field appears twice (`id` at the top level, or a request field).
     #[error("{field} appears more than once")]
-    DuplicateField { field: &'static str },
+    DuplicateField {
+        /// The field's name (`since.epoch` for one inside `since`).
+        field: &'static str,
+    },
     /// An id but no known method field.
     #[error("no known method")]
     UnknownMethod,
@@ -882,22 +894,33 @@ pub enum CommandErrorKind {
     MethodNotObject,
     /// A required field is absent (or `null`, or an empty token).
     #[error("missing {field}")]
-    MissingField { field: &'static str },
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
     /// A field of the wrong type, or a number out of range.
     #[error("{field} must be {expected}")]
     WrongType {
+        /// The field's name.
         field: &'static str,
+        /// What it must be ("a string", "a boolean", "an integer from …").
         expected: &'static str,
     },
     /// A string holding an escape no Rust string can hold (a lone surrogate).
     #[error("{field} has an invalid \\u escape")]
-    BadEscape { field: &'static str },
+    BadEscape {
+        /// The field's name.
+        field: &'static str,
+    },
     /// An empty channel.
     #[error("channel is empty")]
     ChannelEmpty,
     /// A channel longer than `limits.max_room_bytes`.
     #[error("channel longer than {max} bytes")]
-    ChannelTooLong { max: usize },
+    ChannelTooLong {
+        /// The limit, in bytes.
+        max: usize,
+    },
 }
 
 impl CommandErrorKind {

@@ -105,6 +105,19 @@ pub enum Reply {
     Drop,
 }
 
+/// What became of a broker message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Delivered to this many local members.
+    Delivered(usize),
+    /// The node's own probe.
+    Probe,
+    /// Over `--max-broker-payload-bytes`: dropped and counted.
+    TooLarge { len: usize },
+    /// Not a payload roomcast understands: dropped and counted.
+    Dropped,
+}
+
 /// A connection, as its runtime task holds it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Conn(Arc<Peer>);
@@ -688,8 +701,9 @@ impl Node {
     // ----- broker -----
 
     /// A message arrived on a subscribed channel. It reaches every local
-    /// member of its room.
-    pub fn broker_message(&self, channel: &[u8], payload: &[u8]) {
+    /// member of its room. The answer says what became of it (a runtime logs
+    /// [`Taken::TooLarge`]).
+    pub fn broker_message(&self, channel: &[u8], payload: &[u8]) -> Taken {
         add(&self.stats.broker_messages, 1);
         let probe = self.inspect(|h| h.broker().probe_channel().as_bytes() == channel);
         if probe {
@@ -697,18 +711,18 @@ impl Node {
                 let now = s.now;
                 s.hub.broker_mut().probe_echo(payload, now);
             });
-            return;
+            return Taken::Probe;
         }
         if payload.len() > self.cfg.hub.limits.max_broker_payload_bytes {
             add(&self.stats.broker_payloads_too_large, 1);
-            return;
+            return Taken::TooLarge { len: payload.len() };
         }
         let env = match envelope::parse_for_channel(&self.cfg.hub.channel_prefix, channel, payload)
         {
             Ok(env) => env,
             Err(_) => {
                 add(&self.stats.broker_payloads_dropped, 1);
-                return;
+                return Taken::Dropped;
             }
         };
         let Envelope {
@@ -717,13 +731,17 @@ impl Node {
             info,
         } = env;
         let members = self.inspect(|h| h.members(&room));
-        if let Some(members) = members {
-            let publication = Publication {
-                room: &room,
-                message,
-                info: info.as_deref(),
-            };
-            self.deliver(&publication, &members);
+        match members {
+            Some(members) => {
+                let publication = Publication {
+                    room: &room,
+                    message,
+                    info: info.as_deref(),
+                };
+                self.deliver(&publication, &members);
+                Taken::Delivered(members.len())
+            }
+            None => Taken::Delivered(0),
         }
     }
 
