@@ -621,27 +621,37 @@ async fn connect<R: Runtime>(
     };
     let reader_shared = shared.clone();
     let (reader, handle) = async move {
-        let mut n = 0u32;
+        let node = &reader_shared.node;
+        let mut wakes = Vec::new();
+        // Take one message, then whatever else is already there (up to a
+        // budget), and only then wake the writers: each finds the whole
+        // burst and writes it at once.
         while let Some(msg) = stream.next().await {
-            let taken = reader_shared
-                .node
-                .broker_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
-            if let Taken::TooLarge { len } = taken {
-                warn!(
-                    len,
-                    "dropped a Redis message larger than --max-broker-payload-bytes"
+            let mut next = Some(msg);
+            let mut n = 0u32;
+            while let Some(msg) = next.take() {
+                let taken = node.broker_message_deferred(
+                    msg.get_channel_name().as_bytes(),
+                    msg.get_payload_bytes(),
+                    &mut wakes,
                 );
+                if let Taken::TooLarge { len } = taken {
+                    warn!(
+                        len,
+                        "dropped a Redis message larger than --max-broker-payload-bytes"
+                    );
+                }
+                n += 1;
+                if n < BROKER_YIELD_EVERY {
+                    next = stream.next().now_or_never().flatten();
+                }
             }
-            n += 1;
-            if n.is_multiple_of(BROKER_YIELD_EVERY) {
-                reader_shared.rt.yield_now().await;
-            }
+            wakes.drain(..).for_each(std::task::Waker::wake);
+            reader_shared.rt.yield_now().await;
         }
         warn!("Redis subscriber connection closed");
         let now = reader_shared.rt.now();
-        reader_shared
-            .node
-            .broker_disconnected(session, 0, Vec::new(), now);
+        node.broker_disconnected(session, 0, Vec::new(), now);
     }
     .remote_handle();
     rt.spawn(reader);

@@ -246,6 +246,7 @@ fn wake_all<const N: usize>(wakers: [Option<Waker>; N]) {
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
+    probe_channel: String,
     shared: Mutex<Shared>,
     admission: admission::Admission,
     stats: Stats,
@@ -259,6 +260,7 @@ impl Node {
         );
         Node {
             admission: admission::Admission::new(cfg.max_sockets, cfg.operator_reserve),
+            probe_channel: probe.clone(),
             shared: Mutex::new(Shared {
                 hub: Hub::new(cfg.hub.clone(), cfg.mode, probe, now),
                 broker_waker: None,
@@ -629,7 +631,9 @@ impl Node {
             BrokerMode::Local => {
                 let members = self.inspect(|h| h.members(publication.room));
                 if let Some(members) = members {
-                    self.deliver(publication, &members);
+                    let mut wakes = Vec::new();
+                    self.deliver(publication, &members, &mut wakes);
+                    wakes.into_iter().for_each(Waker::wake);
                 }
             }
             BrokerMode::Remote => {
@@ -645,7 +649,17 @@ impl Node {
     /// One message to every member in `members`: one frame per protocol,
     /// shared; one lock per member's own outbox; slow consumers dropped in
     /// one pass over the hub afterwards.
-    fn deliver(&self, publication: &Publication<'_>, members: &Members<Arc<Peer>>) {
+    ///
+    /// The writers to wake are pushed to `wakes`: the caller wakes them once
+    /// it has delivered what it had (a burst of broker messages), so a
+    /// writer finds every frame of the burst in one wake-up and writes them
+    /// in one syscall.
+    fn deliver(
+        &self,
+        publication: &Publication<'_>,
+        members: &Members<Arc<Peer>>,
+        wakes: &mut Vec<Waker>,
+    ) {
         let max = self.cfg.hub.limits.max_outbound_bytes;
         let mut seed_frame: Option<Bytes> = None;
         let mut cf_frame: Option<Bytes> = None;
@@ -661,7 +675,7 @@ impl Node {
             };
             let pushed = lock(&peer.outbox).push(frame, max);
             match pushed {
-                Pushed::Queued(Some(w)) => w.wake(),
+                Pushed::Queued(Some(w)) => wakes.push(w),
                 Pushed::Queued(None) | Pushed::Closing => {}
                 Pushed::Full => slow.push(peer.clone()),
             }
@@ -704,9 +718,23 @@ impl Node {
     /// member of its room. The answer says what became of it (a runtime logs
     /// [`Taken::TooLarge`]).
     pub fn broker_message(&self, channel: &[u8], payload: &[u8]) -> Taken {
+        let mut wakes = Vec::new();
+        let taken = self.broker_message_deferred(channel, payload, &mut wakes);
+        wakes.into_iter().for_each(Waker::wake);
+        taken
+    }
+
+    /// [`Node::broker_message`], leaving the writers to wake in `wakes`:
+    /// a runtime that has several messages at hand delivers them all, then
+    /// wakes each writer once.
+    pub fn broker_message_deferred(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+        wakes: &mut Vec<Waker>,
+    ) -> Taken {
         add(&self.stats.broker_messages, 1);
-        let probe = self.inspect(|h| h.broker().probe_channel().as_bytes() == channel);
-        if probe {
+        if self.probe_channel.as_bytes() == channel {
             self.with(|s| {
                 let now = s.now;
                 s.hub.broker_mut().probe_echo(payload, now);
@@ -738,7 +766,7 @@ impl Node {
                     message,
                     info: info.as_deref(),
                 };
-                self.deliver(&publication, &members);
+                self.deliver(&publication, &members, wakes);
                 Taken::Delivered(members.len())
             }
             None => Taken::Delivered(0),

@@ -565,3 +565,188 @@ fn the_node_is_shared_across_threads() {
     assert_sync::<Node>();
     assert_sync::<Conn>();
 }
+
+// ----- the Centrifugo protocol -----
+
+fn cf(n: &Node) -> Conn {
+    n.open(ClientProtocol::Centrifugo, T0)
+}
+
+fn cf_send(n: &Node, c: &Conn, s: &str, now: Duration) -> bool {
+    n.frame(c, Inbound::Text(s.as_bytes()), now)
+}
+
+fn texts(n: &Node, c: &Conn) -> Vec<String> {
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut out = Vec::new();
+    while let Poll::Ready(Outgoing::Frames(frames)) = n.poll_outgoing(c, &mut cx) {
+        out.extend(
+            frames
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap()),
+        );
+    }
+    out
+}
+
+#[test]
+fn centrifugo_connect_subscribe_publish_and_a_seed_member_in_the_same_room() {
+    let n = local(HubConfig::default());
+    let a = cf(&n);
+    let s = open(&n);
+    assert!(cf_send(
+        &n,
+        &a,
+        "{\"id\":1,\"connect\":{\"name\":\"js\"}}\n{\"id\":2,\"subscribe\":{\"channel\":\"r\"}}",
+        T0
+    ));
+    text(&n, &s, &sub("r"));
+    let got = texts(&n, &a);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with(r#"{"id":1,"connect":{"client":"node-1","version":"roomcast "#),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[0].ends_with(r#","ping":25,"pong":true,"node":"node"}}"#),
+        "{}",
+        got[0]
+    );
+    assert_eq!(got[1], r#"{"id":2,"subscribe":{}}"#);
+    cf_send(
+        &n,
+        &a,
+        r#"{"id":3,"publish":{"channel":"r","data":{"text":"yo"}}}"#,
+        T0,
+    );
+    assert_eq!(
+        texts(&n, &a),
+        [
+            r#"{"push":{"channel":"r","pub":{"data":{"text":"yo"},"info":{"user":"","client":"node-1"}}}}"#,
+            r#"{"id":3,"publish":{}}"#,
+        ]
+    );
+    assert_eq!(
+        n.queued_frames(&s),
+        vec![Bytes::from_static(br#"{"text":"yo"}"#)]
+    );
+    text(&n, &s, &send("r", "hi"));
+    assert_eq!(
+        texts(&n, &a),
+        [r#"{"push":{"channel":"r","pub":{"data":"hi"}}}"#]
+    );
+}
+
+#[test]
+fn centrifugo_errors_are_replies_and_breaches_are_closes() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_rooms_per_conn = 1;
+    let n = local(cfg);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &a);
+    for (cmd, reply) in [
+        (
+            r#"{"id":2,"subscribe":{"channel":"r"}}"#,
+            r#"{"id":2,"subscribe":{}}"#,
+        ),
+        (
+            r#"{"id":3,"subscribe":{"channel":"r"}}"#,
+            r#"{"id":3,"error":{"code":105,"message":"already subscribed"}}"#,
+        ),
+        (
+            r#"{"id":4,"subscribe":{"channel":"s"}}"#,
+            r#"{"id":4,"error":{"code":106,"message":"limit exceeded"}}"#,
+        ),
+        (
+            r#"{"id":5,"presence":{"channel":"r"}}"#,
+            r#"{"id":5,"error":{"code":108,"message":"not available"}}"#,
+        ),
+        (
+            r#"{"id":6,"history":{"channel":"r"}}"#,
+            r#"{"id":6,"error":{"code":108,"message":"not available"}}"#,
+        ),
+        (
+            r#"{"id":7,"rpc":{"method":"x"}}"#,
+            r#"{"id":7,"error":{"code":104,"message":"method not found"}}"#,
+        ),
+        (
+            r#"{"id":8,"subscribe":{"channel":"r"},"publish":{"channel":"r","data":1}}"#,
+            r#"{"id":8,"error":{"code":107,"message":"bad request"}}"#,
+        ),
+        (
+            r#"{"id":9,"unsubscribe":{"channel":"r"}}"#,
+            r#"{"id":9,"unsubscribe":{}}"#,
+        ),
+    ] {
+        assert!(cf_send(&n, &a, cmd, T0), "{cmd}");
+        assert_eq!(texts(&n, &a), [reply], "{cmd}");
+    }
+    assert!(!cf_send(&n, &a, "not json", T0));
+    assert_eq!(n.queued_close(&a), Some((3501, "bad request".into())));
+    // Before connect, nothing but connect; a binary frame is the wrong protocol.
+    let b = cf(&n);
+    assert!(!cf_send(
+        &n,
+        &b,
+        r#"{"id":1,"subscribe":{"channel":"r"}}"#,
+        T0
+    ));
+    assert_eq!(n.queued_close(&b), Some((3501, "bad request".into())));
+    let c = cf(&n);
+    assert!(!n.frame(&c, Inbound::Binary, T0));
+    assert_eq!(
+        n.queued_close(&c),
+        Some((3506, "inappropriate protocol".into()))
+    );
+}
+
+#[test]
+fn centrifugo_heartbeat_stale_and_no_pong() {
+    let n = local(HubConfig::default());
+    let secs = Duration::from_secs;
+    // No connect within the connect timeout: stale.
+    let a = cf(&n);
+    assert_eq!(n.conn_deadline(&a), Some(secs(10)));
+    n.conn_timeout(&a, secs(10));
+    assert_eq!(n.queued_close(&a), Some((3502, "stale".into())));
+    // Connected: a ping every 25 s; answered, it goes on; unanswered, 3012.
+    let b = cf(&n);
+    cf_send(&n, &b, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &b);
+    assert_eq!(n.conn_deadline(&b), Some(secs(25)));
+    n.conn_timeout(&b, secs(25));
+    assert_eq!(texts(&n, &b), ["{}"]);
+    cf_send(&n, &b, "{}", secs(26));
+    n.conn_timeout(&b, secs(50));
+    assert_eq!(texts(&n, &b), ["{}"]);
+    assert!(n.queued_close(&b).is_none());
+    n.conn_timeout(&b, secs(58));
+    assert_eq!(n.queued_close(&b), Some((3012, "no pong".into())));
+}
+
+#[test]
+fn centrifugo_rate_limit_answers_111_then_closes_3013() {
+    let mut cfg = HubConfig::default();
+    cfg.limits.max_commands_per_sec = 2;
+    let n = local(cfg);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let _ = texts(&n, &a);
+    cf_send(&n, &a, r#"{"id":3,"subscribe":{"channel":"s"}}"#, T0);
+    assert_eq!(
+        texts(&n, &a),
+        [r#"{"id":3,"error":{"code":111,"message":"too many requests","temporary":true}}"#]
+    );
+    cf_send(&n, &a, r#"{"id":4,"subscribe":{"channel":"s"}}"#, T0);
+    assert!(!cf_send(
+        &n,
+        &a,
+        r#"{"id":5,"subscribe":{"channel":"s"}}"#,
+        T0
+    ));
+    assert_eq!(n.queued_close(&a), Some((3013, "too many requests".into())));
+}
