@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -333,8 +333,9 @@ impl CfClient {
 
     /// Waits for a close frame with `code` and `reason` (skipping replies,
     /// pushes and pings before it, which are kept), then lets the close
-    /// handshake finish: the server must end the TCP stream. Returns how
-    /// long the close took to come.
+    /// handshake finish: the server must end the TCP stream, and then this
+    /// client ends its side. Returns how long the close took to come. The
+    /// client is of no further use but for what it kept.
     pub fn expect_close(&mut self, code: u16, reason: &str) -> Duration {
         self.expect_close_within(code, reason, TIMEOUT)
     }
@@ -369,7 +370,7 @@ impl CfClient {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
             match self.read_until(deadline) {
-                Some(Err(_)) => return took,
+                Some(Err(_)) => break,
                 Some(Ok(_)) => continue,
                 None => panic!(
                     "{} did not end the TCP stream after the close handshake",
@@ -377,6 +378,10 @@ impl CfClient {
                 ),
             }
         }
+        // The server ended its side; end ours, as dropping the client would
+        // (the server reads until then).
+        let _ = self.ws.get_ref().shutdown(Shutdown::Both);
+        took
     }
 
     /// Reads one WebSocket message and files what it carries. `Ok(true)`:
