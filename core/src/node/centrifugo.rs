@@ -188,7 +188,7 @@ impl CfSession {
             Request::Publish { channel, data } => {
                 node.publish(&Publication {
                     room: &channel,
-                    message: Message::Json(data.as_str().into()),
+                    message: message_of(data.as_str()),
                     info: Some(&self.info),
                 });
                 node.send(
@@ -230,6 +230,21 @@ impl CfSession {
     }
 }
 
+/// A publication's data as a message: a JSON string is the string itself,
+/// as a seed client's `"message":"…"` is (and as it reads back from the
+/// broker), so seed members receive it unescaped on every path.
+fn message_of(data: &str) -> Message<'_> {
+    if data.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<&str>(data) {
+            return Message::Text(s.into());
+        }
+        if let Ok(s) = serde_json::from_str::<String>(data) {
+            return Message::Text(s.into());
+        }
+    }
+    Message::Json(data.into())
+}
+
 fn error(id: u32, code: ErrorCode) -> Bytes {
     Bytes::from(code.encode_reply(id))
 }
@@ -262,4 +277,26 @@ pub(super) fn encode(p: &Publication<'_>) -> Bytes {
     }
     out.push_str("}}}");
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_string_publishes_as_text() {
+        assert_eq!(message_of(r#""plain""#), Message::Text("plain".into()));
+        assert_eq!(
+            message_of(r#""q \"x\" \u00e9""#),
+            Message::Text("q \"x\" é".into())
+        );
+        for other in [r#"{"text":"yo"}"#, "12", "null", r#"["a"]"#] {
+            assert_eq!(message_of(other), Message::Json(other.into()));
+        }
+        // A lone surrogate no Rust string can hold stays as it was sent.
+        assert_eq!(
+            message_of(r#""\ud800""#),
+            Message::Json(r#""\ud800""#.into())
+        );
+    }
 }
