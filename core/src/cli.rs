@@ -197,10 +197,12 @@ impl Cli {
     /// write buffer holds at most two outboxes and one frame).
     pub fn ws_buffers(&self) -> WsBuffers {
         let frame = self.max_frame_bytes as usize;
+        let write = 4096;
         WsBuffers {
             read: 1024,
-            write: 4096,
-            max_write: self.max_outbound_bytes as usize * 2 + frame + 1024,
+            write,
+            // tungstenite requires more than the write buffer.
+            max_write: (self.max_outbound_bytes as usize * 2 + frame + 1024).max(2 * write),
             max_frame: frame,
         }
     }

@@ -116,6 +116,10 @@ impl CfSession {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     node.count_cf_bad_command(e.label());
+                    if !self.connected {
+                        // Nothing but a valid connect before connect.
+                        return close(node, peer, Disconnect::BAD_REQUEST);
+                    }
                     match e.encode_reply() {
                         Some(reply) => node.send(peer, Bytes::from(reply)),
                         None => return close(node, peer, Disconnect::BAD_REQUEST),

@@ -695,6 +695,13 @@ fn centrifugo_errors_are_replies_and_breaches_are_closes() {
         T0
     ));
     assert_eq!(n.queued_close(&b), Some((3501, "bad request".into())));
+    let bad = cf(&n);
+    assert!(!cf_send(&n, &bad, r#"{"id":1,"subscribe":{}}"#, T0));
+    assert_eq!(
+        n.queued_close(&bad),
+        Some((3501, "bad request".into())),
+        "a bad command before connect"
+    );
     let c = cf(&n);
     assert!(!n.frame(&c, Inbound::Binary, T0));
     assert_eq!(
