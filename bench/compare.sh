@@ -14,7 +14,12 @@
 # floor) and writes it to bench/results/latest.md, the raw JSON lines to
 # bench/results/latest.jsonl (QUICK=1: latest-quick.md and .jsonl).
 #
-# Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio smol floor",
+# Systems: seed, tokio, smol, floor, and tokio-cf / smol-cf: the same two
+# roomcast nodes driven with roomcast-load --protocol centrifugo (Centrifugo's
+# client protocol at /connection/websocket), in cases A and A-small only; the
+# table compares them with tokio / smol of the same run.
+#
+# Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio tokio-cf smol smol-cf floor",
 # IDLE_MAX=0|1, KEEP=1 (keep the temporary directory with the node logs).
 set -euo pipefail
 
@@ -24,7 +29,7 @@ MODE=${1:-all}
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then REPEATS=${REPEATS:-1}; else REPEATS=${REPEATS:-3}; fi
 if [ "$QUICK" = 1 ]; then IDLE_MAX=${IDLE_MAX:-0}; else IDLE_MAX=${IDLE_MAX:-1}; fi
-SYSTEMS=${SYSTEMS:-"seed tokio smol floor"}
+SYSTEMS=${SYSTEMS:-"seed tokio tokio-cf smol smol-cf floor"}
 START_TS=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/roomcast-bench.XXXXXX")
 PIDS=()
@@ -94,7 +99,7 @@ LOAD="$BIN/roomcast-load"
 
 HAVE_SMOL=0
 case " $SYSTEMS " in
-  *" smol "*)
+  *" smol "*|*" smol-cf "*)
     if cargo build --release -q -p roomcast-smol 2>"$WORK/smol-build.log" && [ -x "$BIN/roomcast-smol" ]; then
       HAVE_SMOL=1
     else
@@ -105,8 +110,8 @@ esac
 RUN_SYSTEMS=()
 for s in $SYSTEMS; do
   case $s in
-    smol) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=(smol) ;;
-    seed|tokio|floor) RUN_SYSTEMS+=("$s") ;;
+    smol|smol-cf) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=("$s") ;;
+    seed|tokio|tokio-cf|floor) RUN_SYSTEMS+=("$s") ;;
     *) log "unknown system $s"; exit 2 ;;
   esac
 done
@@ -151,8 +156,8 @@ start_nodes() {
       seed)
         PORT=$port REDIS_URL=$REDIS_URL "${wrap[@]}" node "$WORK/seed/server.js" >"$logf" 2>&1 &
         ;;
-      tokio|smol)
-        RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-$sys" --listen "127.0.0.1:$port" \
+      tokio|smol|tokio-cf|smol-cf)
+        RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-${sys%-cf}" --listen "127.0.0.1:$port" \
           --redis "$REDIS_URL" --no-chat-page >"$logf" 2>&1 &
         ;;
       floor)
@@ -207,20 +212,31 @@ fi
 CASE_AS="$CASE_A $SMALL"
 CASE_BS="$CASE_B $SMALL"
 CASES="A A-small B B-small C D"
+# The cases the Centrifugo-protocol variants (SYSTEM-cf) run.
+CF_CASES="A A-small"
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
+# runs SYSTEM CASE: whether SYSTEM takes part in CASE.
+runs() {
+  case $1 in
+    *-cf) [[ " $CF_CASES " == *" $2 "* ]] ;;
+    *) true ;;
+  esac
+}
+
 run_case() {
-  local sys=$1 case=$2 rep=$3 args n=2 redis=(--redis-pid "$REDIS_PID")
+  local sys=$1 case=$2 rep=$3 args n=2 redis=(--redis-pid "$REDIS_PID") proto=()
   case $case in
     A) args=$CASE_A ;; A-small) args=$CASE_AS ;; B) args=$CASE_B ;; B-small) args=$CASE_BS ;;
     C) args=$CASE_C ;; D) args=$CASE_D ;;
   esac
   [ "$sys" = floor ] && { n=1; redis=(); }
+  case $sys in *-cf) proto=(--protocol centrifugo) ;; esac
   start_nodes "$sys" "$n"
-  log "$sys case $case run $rep: roomcast-load $args"
+  log "$sys case $case run $rep: roomcast-load $args ${proto[*]}"
   # shellcheck disable=SC2086
-  "$LOAD" $args --nodes "$NODE_URLS" --pids "$(IFS=,; echo "${NODE_PIDS[*]}")" "${redis[@]}" \
+  "$LOAD" $args "${proto[@]}" --nodes "$NODE_URLS" --pids "$(IFS=,; echo "${NODE_PIDS[*]}")" "${redis[@]}" \
     --timeout "$TIMEOUT" --label "$sys/$case/$rep" >>"$RESULTS" 2>"$WORK/load.err" \
     || { log "roomcast-load failed:"; cat "$WORK/load.err" >&2; }
   sed 's/^/    /' "$WORK/load.err" >&2
@@ -295,7 +311,7 @@ if [ "$MODE" != idle-max ]; then
   for rep in $(seq "$REPEATS"); do
     for case in $CASES; do
       for sys in "${RUN_SYSTEMS[@]}"; do
-        run_case "$sys" "$case" "$rep"
+        runs "$sys" "$case" && run_case "$sys" "$case" "$rep"
       done
     done
   done

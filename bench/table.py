@@ -2,7 +2,8 @@
 """Turns roomcast-load JSON lines (labels SYSTEM/CASE/RUN) into the markdown
 comparison table of bench/compare.sh: medians per system and case, each
 figure with its ratios to the seed's and to the floor's, a summary against
-the floor, and the targets of issue 6."""
+the floor, the Centrifugo protocol against the seed protocol on the same
+nodes (SYSTEM-cf ÷ SYSTEM), and the targets of issue 6."""
 
 import argparse
 import json
@@ -11,7 +12,13 @@ import sys
 from collections import defaultdict
 
 NAMES = {"seed": "seed (Node)", "tokio": "roomcast-tokio", "smol": "roomcast-smol",
+         "tokio-cf": "roomcast-tokio, Centrifugo protocol",
+         "smol-cf": "roomcast-smol, Centrifugo protocol",
          "floor": "floor (1 process)"}
+# Centrifugo-protocol variants: the same nodes, driven with --protocol centrifugo.
+CF_SUFFIX = "-cf"
+# Node CPU per delivery of a -cf system ÷ its seed-protocol system: the target.
+CF_CPU_TARGET = 1.15
 # Systems every other one is compared with, in the order the ratios are printed.
 BASES = ("seed", "floor")
 CASES = {
@@ -239,6 +246,35 @@ def main():
                 cells.append(f"{d}, {e}")
             w(f"| {c} | " + " | ".join(cells) + " |")
         w("")
+    pairs = [(s, s[:-len(CF_SUFFIX)]) for s in systems
+             if s.endswith(CF_SUFFIX) and s[:-len(CF_SUFFIX)] in systems]
+    if pairs:
+        w("Centrifugo protocol against the seed protocol, same nodes, same run "
+          "(SYSTEM-cf ÷ SYSTEM; target: node CPU per delivery ≤ "
+          f"{CF_CPU_TARGET:.2f}×):")
+        w("")
+        w("| case | system | node CPU µs per delivery, seed → Centrifugo | ratio | target "
+          "| deliveries/s ratio | load generator CPU per delivery ratio |")
+        w("|---|---|---|---:|---|---:|---:|")
+        lcpu = lambda r: r["load_cpu_us_per_delivery"]  # noqa: E731
+        for c in THROUGHPUT:
+            for cfs, s in pairs:
+                if (cfs, c) not in runs or (s, c) not in runs:
+                    continue
+                u, b = get(cfs, c, cpu), get(s, c, cpu)
+                ratio = u / b if u is not None and b else None
+                verdict = "—" if ratio is None else (
+                    "met" if ratio <= CF_CPU_TARGET and clean(cfs, c) else "MISSED")
+                if ratio is not None and not clean(cfs, c):
+                    verdict += ", with losses"
+                v, bv = get(cfs, c, dps), get(s, c, dps)
+                lu, lb = get(cfs, c, lcpu), get(s, c, lcpu)
+                w(f"| {c} | {NAMES.get(s, s)} | {fmt(b)} → {fmt(u)} | "
+                  f"{'—' if ratio is None else f'{ratio:.2f}×'} | {verdict} | "
+                  f"{f'{v / bv:.2f}×' if v is not None and bv else '—'} | "
+                  f"{f'{lu / lb:.2f}×' if lu is not None and lb else '—'} |")
+        w("")
+    roomcast = [s for s in roomcast if not s.endswith(CF_SUFFIX)]
     if roomcast and "seed" in systems:
         w("| target | " + " | ".join(NAMES.get(s, s) for s in roomcast) + " |")
         w("|---|" + "---|" * len(roomcast))

@@ -1,9 +1,14 @@
 //! `roomcast-load`: a load generator for roomcast and the seed Node server.
 //!
-//! It speaks the client protocol over real WebSockets to one or more nodes
+//! It speaks a client protocol over real WebSockets to one or more nodes
 //! (`--nodes ws://127.0.0.1:A,ws://127.0.0.1:B`): subscribers join rooms,
-//! publishers send `sendMessage` frames, and every subscriber checks what it
-//! receives. Each message is a JSON string `P:R:K:T:xxx…` (publisher, room,
+//! publishers send messages, and every subscriber checks what it receives.
+//! `--protocol seed` (the default) sends `SUBSCRIBE` and `sendMessage`
+//! frames and receives each message as a text frame of its own;
+//! `--protocol centrifugo` speaks Centrifugo's client protocol at
+//! `/connection/websocket` (connect, subscribe, publish with the message as
+//! the JSON string `data`, pushes read one or several per frame, pings
+//! answered, error replies counted: see `centrifugo.rs`). Each message is a JSON string `P:R:K:T:xxx…` (publisher, room,
 //! publisher's sequence number, send time in ns since this process started,
 //! padding to `--size` bytes). Before publishing, one probe per room is
 //! repeated until every subscriber has received it, so every node's
@@ -12,10 +17,12 @@
 //!
 //! Output: one JSON line on stdout, a human summary on stderr.
 
+mod centrifugo;
 mod stats;
 mod sys;
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +33,14 @@ use std::time::{Duration, Instant};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 type Ws = WebSocketStream<TokioAdapter<TcpStream>>;
 
@@ -48,6 +57,16 @@ enum Scenario {
     Idle,
 }
 
+/// The client protocol every connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Protocol {
+    /// The seed's JSON frames (`SUBSCRIBE`, `sendMessage`), on the node URL's path.
+    Seed,
+    /// Centrifugo's client protocol, JSON, at /connection/websocket.
+    Centrifugo,
+}
+
 /// Load generator for roomcast and the seed server: fan-out throughput,
 /// delivery checks, latency, connect rate and server memory.
 #[derive(Debug, Clone, Parser)]
@@ -57,9 +76,16 @@ struct Args {
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
 
-    /// Node URLs, comma-separated (ws://HOST:PORT[/path]); connections go round-robin.
+    /// Node URLs, comma-separated (ws://HOST:PORT[/path]); connections go
+    /// round-robin. With --protocol centrifugo a URL without a path gets
+    /// /connection/websocket.
     #[arg(long, value_delimiter = ',', required = true)]
     nodes: Vec<String>,
+
+    /// The client protocol: seed (SUBSCRIBE / sendMessage frames) or
+    /// centrifugo (connect, subscribe and publish commands; pushes).
+    #[arg(long, value_enum, default_value = "seed")]
+    protocol: Protocol,
 
     /// Subscriber connections (C), each in one room.
     #[arg(short = 'c', long)]
@@ -222,7 +248,7 @@ struct Target {
     addr: SocketAddr,
 }
 
-fn parse_node(url: &str) -> Result<Target, String> {
+fn parse_node(url: &str, protocol: Protocol) -> Result<Target, String> {
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| format!("node URL {url:?} must start with ws://"))?;
@@ -232,10 +258,11 @@ fn parse_node(url: &str) -> Result<Target, String> {
         .map_err(|e| format!("node URL {url:?}: {e}"))?
         .min_by_key(|a| !a.is_ipv4())
         .ok_or_else(|| format!("node URL {url:?}: no address"))?;
-    let url = if rest.contains('/') {
-        url.to_string()
-    } else {
-        format!("{url}/")
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let url = match (protocol, path) {
+        (Protocol::Centrifugo, "" | "/") => format!("ws://{hostport}{}", centrifugo::PATH),
+        (_, "") => format!("{url}/"),
+        _ => url.to_string(),
     };
     Ok(Target { url, addr })
 }
@@ -267,6 +294,9 @@ struct Shared {
     pub_ok: Vec<AtomicBool>,
     connect_failures: AtomicUsize,
     first_error: Mutex<Option<String>>,
+    /// Centrifugo: error replies, and pushes other than publications.
+    protocol_errors: AtomicUsize,
+    first_protocol_error: Mutex<Option<String>>,
     /// Subscriber connections that ended before the run was over.
     disconnects: AtomicUsize,
     publisher_errors: AtomicUsize,
@@ -310,6 +340,21 @@ impl Shared {
         }
     }
 
+    fn protocol_error(&self, what: String) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self
+            .first_protocol_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(what);
+        }
+    }
+
+    fn cf(&self) -> bool {
+        self.args.protocol == Protocol::Centrifugo
+    }
+
     fn phase(&self) -> Phase {
         *self.phase.borrow()
     }
@@ -326,13 +371,35 @@ impl Shared {
             let tcp = sys::connect(t.addr, sys::source_for(i, self.sources))
                 .await
                 .map_err(|e| format!("connect {}: {e}", t.addr))?;
-            let (ws, _) = async_tungstenite::tokio::client_async_with_config(
-                t.url.as_str(),
-                tcp,
-                Some(self.ws_config),
-            )
-            .await
-            .map_err(|e| format!("handshake {}: {e}", t.url))?;
+            let handshake = match self.args.protocol {
+                Protocol::Seed => {
+                    async_tungstenite::tokio::client_async_with_config(
+                        t.url.as_str(),
+                        tcp,
+                        Some(self.ws_config),
+                    )
+                    .await
+                }
+                Protocol::Centrifugo => {
+                    // Offer the JSON subprotocol, as the SDKs do.
+                    let mut req = t
+                        .url
+                        .as_str()
+                        .into_client_request()
+                        .map_err(|e| format!("handshake {}: {e}", t.url))?;
+                    req.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        HeaderValue::from_static(centrifugo::SUBPROTOCOL),
+                    );
+                    async_tungstenite::tokio::client_async_with_config(
+                        req,
+                        tcp,
+                        Some(self.ws_config),
+                    )
+                    .await
+                }
+            };
+            let (ws, _) = handshake.map_err(|e| format!("handshake {}: {e}", t.url))?;
             Ok(ws)
         };
         match tokio::time::timeout_at(self.deadline, attempt).await {
@@ -356,6 +423,90 @@ fn subscribe_frame(room: &str) -> String {
 
 fn send_frame(room: &str, message: &str) -> String {
     format!(r#"{{"type":"sendMessage","roomId":"{room}","message":"{message}"}}"#)
+}
+
+/// The frame that sends `message` to `room`: `sendMessage`, or Centrifugo's
+/// publish command number `id` with the message as the JSON string `data`.
+fn message_frame(protocol: Protocol, id: u32, room: &str, message: &str) -> String {
+    match protocol {
+        Protocol::Seed => send_frame(room, message),
+        Protocol::Centrifugo => centrifugo::publish_command(id, room, message),
+    }
+}
+
+/// Sends what joins room `room`: `SUBSCRIBE`, or Centrifugo's connect and
+/// subscribe commands (pipelined: a server runs a connection's commands in
+/// order, and their replies are checked as they arrive).
+async fn join(sh: &Shared, ws: &mut Ws, room: usize) -> Result<(), String> {
+    let sent = match sh.args.protocol {
+        Protocol::Seed => {
+            ws.send(Message::text(subscribe_frame(&sh.rooms[room])))
+                .await
+        }
+        Protocol::Centrifugo => {
+            let subscribe = centrifugo::subscribe_command(2, &sh.rooms[room]);
+            match ws.feed(Message::text(centrifugo::connect_command(1))).await {
+                Ok(()) => ws.send(Message::text(subscribe)).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    sent.map_err(|e| format!("subscribe: {e}"))
+}
+
+type Tx = async_tungstenite::WebSocketSender<TokioAdapter<TcpStream>>;
+
+/// Awaits `fut`; meanwhile, with the Centrifugo protocol (`pings` given),
+/// answers every server ping the connection's reader reports. `Err`: a pong
+/// could not be sent.
+async fn serving_pings<F: Future>(
+    tx: &mut Tx,
+    pings: Option<&Notify>,
+    fut: F,
+) -> Result<F::Output, ()> {
+    let Some(pings) = pings else {
+        return Ok(fut.await);
+    };
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = pings.notified() => {
+                tx.send(Message::text(centrifugo::PONG)).await.map_err(|_| ())?;
+            }
+        }
+    }
+}
+
+/// Reads what a Centrifugo server sends a publisher (replies, pings) until
+/// the connection ends: error replies are counted, pings handed to the
+/// publisher to answer.
+async fn publisher_replies(
+    sh: Arc<Shared>,
+    p: usize,
+    mut rx: async_tungstenite::WebSocketReceiver<TokioAdapter<TcpStream>>,
+    pings: Arc<Notify>,
+) {
+    while let Some(Ok(msg)) = rx.next().await {
+        let Message::Text(t) = msg else { continue };
+        for line in centrifugo::lines(t.as_str()) {
+            match centrifugo::parse_line(line) {
+                Ok(centrifugo::Line::Ping) => pings.notify_one(),
+                Ok(centrifugo::Line::Reply { .. }) => {}
+                Ok(centrifugo::Line::Error { id, code, message }) => sh.protocol_error(format!(
+                    "publisher {p}: error reply to command {id}: {code} {message}"
+                )),
+                Ok(centrifugo::Line::OtherPush { channel, kind }) => {
+                    sh.protocol_error(format!("publisher {p}: {kind} push on {channel:?}"))
+                }
+                // Publishers subscribe to nothing.
+                Ok(centrifugo::Line::Publication { .. }) => {
+                    stats::with(|rec| stats::bump(&rec.misrouted, 1))
+                }
+                Err(_) => stats::with(|rec| stats::bump(&rec.malformed, 1)),
+            }
+        }
+    }
 }
 
 /// The message string: `P:R:K:T:` padded with `x` to `size` bytes.
@@ -395,6 +546,38 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// Reads a Centrifugo frame (one or more lines); true when it held a
+    /// ping to answer.
+    fn on_cf_frame(&mut self, sh: &Shared, frame: &str) -> bool {
+        let mut ping = false;
+        for line in centrifugo::lines(frame) {
+            match centrifugo::parse_line(line) {
+                Ok(centrifugo::Line::Publication { channel, data }) => {
+                    if *channel != *sh.rooms[self.room] {
+                        stats::with(|rec| stats::bump(&rec.misrouted, 1));
+                        continue;
+                    }
+                    match data {
+                        Some(d) => self.on_text(sh, &d),
+                        None => stats::with(|rec| stats::bump(&rec.malformed, 1)),
+                    }
+                }
+                Ok(centrifugo::Line::Ping) => ping = true,
+                Ok(centrifugo::Line::Reply { .. }) => {}
+                Ok(centrifugo::Line::Error { id, code, message }) => sh.protocol_error(format!(
+                    "subscriber of {}: error reply to command {id}: {code} {message}",
+                    sh.rooms[self.room]
+                )),
+                Ok(centrifugo::Line::OtherPush { channel, kind }) => sh.protocol_error(format!(
+                    "subscriber of {}: {kind} push on {channel:?}",
+                    sh.rooms[self.room]
+                )),
+                Err(_) => stats::with(|rec| stats::bump(&rec.malformed, 1)),
+            }
+        }
+        ping
+    }
+
     fn on_text(&mut self, sh: &Shared, s: &str) {
         if let Some(rest) = s.strip_prefix("probe:") {
             stats::with(|r| stats::bump(&r.probes, 1));
@@ -452,13 +635,10 @@ async fn subscriber(sh: Arc<Shared>, i: usize) {
     let mut ws = {
         let _permit = sh.connect_sem.acquire().await;
         let ws = match sh.open(i, node).await {
-            Ok(mut ws) => match ws
-                .send(Message::text(subscribe_frame(&sh.rooms[room])))
-                .await
-            {
+            Ok(mut ws) => match join(&sh, &mut ws, room).await {
                 Ok(()) => Some(ws),
                 Err(e) => {
-                    sh.fail(format!("subscribe: {e}"));
+                    sh.fail(e);
                     None
                 }
             },
@@ -482,11 +662,30 @@ async fn subscriber(sh: Arc<Shared>, i: usize) {
         probed: false,
         tracks: (0..sh.plan.publishers).map(|_| Track::default()).collect(),
     };
-    while let Some(msg) = ws.next().await {
-        match msg {
-            Ok(Message::Text(t)) => me.on_text(&sh, t.as_str()),
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
+    match sh.args.protocol {
+        Protocol::Seed => {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => me.on_text(&sh, t.as_str()),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        Protocol::Centrifugo => {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => {
+                        if me.on_cf_frame(&sh, t.as_str())
+                            && ws.send(Message::text(centrifugo::PONG)).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         }
     }
     if sh.phase() < Phase::Done {
@@ -501,7 +700,15 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
     let node = p % sh.targets.len();
     let ws = {
         let _permit = sh.connect_sem.acquire().await;
-        let ws = match sh.open(i, node).await {
+        let opened = match sh.open(i, node).await {
+            Ok(mut ws) if sh.cf() => ws
+                .send(Message::text(centrifugo::connect_command(1)))
+                .await
+                .map(|()| ws)
+                .map_err(|e| format!("connect command: {e}")),
+            r => r,
+        };
+        let ws = match opened {
             Ok(ws) => {
                 sh.connected_pubs.fetch_add(1, Ordering::Relaxed);
                 sh.pub_ok[p].store(true, Ordering::Relaxed);
@@ -520,8 +727,25 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
         return;
     };
     let (mut tx, mut rx) = ws.split();
-    // Publishers join no room; drain whatever comes (pings, a close).
-    tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let protocol = sh.args.protocol;
+    // Centrifugo: the reader reports server pings here; the publisher answers.
+    let pings = sh.cf().then(|| Arc::new(Notify::new()));
+    match &pings {
+        // Publishers join no room; drain whatever comes (a close).
+        None => tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} }),
+        Some(pings) => tokio::spawn(publisher_replies(sh.clone(), p, rx, pings.clone())),
+    };
+    let pings = pings.as_deref();
+    // Centrifugo command ids (1 was connect): 2, 3, … u32::MAX, 1, 2, …
+    // (the seed protocol has none).
+    let commands = AtomicU64::new(1);
+    let cf = sh.cf();
+    let command_id = || {
+        if !cf {
+            return 0;
+        }
+        (commands.fetch_add(1, Ordering::Relaxed) % u64::from(u32::MAX)) as u32 + 1
+    };
 
     sh.wait_phase(Phase::Probing).await;
     let probers = sh.probers.get().cloned().unwrap_or_default();
@@ -537,7 +761,8 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
         for &r in &mine {
             let size = sh.room_size[r].load(Ordering::Relaxed);
             if sh.room_probed[r].load(Ordering::Relaxed) < size {
-                let frame = send_frame(&sh.rooms[r], &format!("probe:{r}"));
+                let frame =
+                    message_frame(protocol, command_id(), &sh.rooms[r], &format!("probe:{r}"));
                 if tx.feed(Message::text(frame)).await.is_err() {
                     sh.publisher_errors.fetch_add(1, Ordering::Relaxed);
                     sh.pubs_done.fetch_add(1, Ordering::Release);
@@ -551,9 +776,16 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
             sh.pubs_done.fetch_add(1, Ordering::Release);
             return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = phase.changed() => {}
+        let wait = async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = phase.changed() => {}
+            }
+        };
+        if serving_pings(&mut tx, pings, wait).await.is_err() {
+            sh.publisher_errors.fetch_add(1, Ordering::Relaxed);
+            sh.pubs_done.fetch_add(1, Ordering::Release);
+            return;
         }
     }
     if sh.phase() >= Phase::Done {
@@ -580,7 +812,12 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
         sh.first_send_ns.fetch_min(ts, Ordering::Relaxed);
         sh.last_send_ns.fetch_max(ts, Ordering::Relaxed);
         sh.sent.fetch_add(1, Ordering::Relaxed);
-        send_frame(&sh.rooms[r], &payload(p, r, k, ts, size))
+        message_frame(
+            protocol,
+            command_id(),
+            &sh.rooms[r],
+            &payload(p, r, k, ts, size),
+        )
     };
     let mut k = 0u64;
     let ok = 'send: {
@@ -595,7 +832,12 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
                     if at > sh.deadline {
                         break 'send true;
                     }
-                    tokio::time::sleep_until(at).await;
+                    if serving_pings(&mut tx, pings, tokio::time::sleep_until(at))
+                        .await
+                        .is_err()
+                    {
+                        break 'send false;
+                    }
                     let frame = prepare(k);
                     k += 1;
                     if tx.send(Message::text(frame)).await.is_err() {
@@ -604,11 +846,18 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
                 }
                 None => {
                     let slots = |k: u64| sh.slots((p + k as usize) % rooms);
-                    let permit = tokio::select! {
-                        p = sh.window.acquire_many(slots(k)) => p,
-                        _ = tokio::time::sleep_until(sh.deadline) => break 'send true,
+                    let wait = async {
+                        tokio::select! {
+                            p = sh.window.acquire_many(slots(k)) => p.ok(),
+                            _ = tokio::time::sleep_until(sh.deadline) => None,
+                        }
                     };
-                    let Ok(permit) = permit else { break 'send true };
+                    let Ok(permit) = serving_pings(&mut tx, pings, wait).await else {
+                        break 'send false;
+                    };
+                    let Some(permit) = permit else {
+                        break 'send true;
+                    };
                     permit.forget();
                     let mut batch = 0;
                     loop {
@@ -640,7 +889,12 @@ async fn publisher(sh: Arc<Shared>, p: usize) {
     sh.pubs_done.fetch_add(1, Ordering::Release);
     // Hold the connection open until the end: closing it early could make
     // a server drop what it has not yet published.
-    sh.wait_phase(Phase::Done).await;
+    if serving_pings(&mut tx, pings, sh.wait_phase(Phase::Done))
+        .await
+        .is_err()
+    {
+        sh.wait_phase(Phase::Done).await;
+    }
     drop(tx);
 }
 
@@ -678,6 +932,7 @@ struct Latency {
 struct Report {
     label: String,
     scenario: Scenario,
+    protocol: Protocol,
     nodes: usize,
     subscribers: usize,
     rooms: usize,
@@ -712,6 +967,9 @@ struct Report {
     malformed: u64,
     disconnects: usize,
     publisher_errors: usize,
+    /// Centrifugo: error replies, and pushes other than publications.
+    protocol_errors: usize,
+    first_protocol_error: Option<String>,
     /// Seconds from the first message sent to the last delivery.
     run_s: f64,
     deliveries_per_s: f64,
@@ -745,64 +1003,75 @@ struct Report {
     total_s: f64,
 }
 
-async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let total_conns = plan.subscribers + plan.publishers;
-    let sources = args
-        .sources
-        .map(|s| s as usize)
-        .unwrap_or(total_conns.div_ceil(25_000).max(1));
-    let mut offsets = Vec::with_capacity(plan.publishers);
-    let mut off = 0usize;
-    for p in 0..plan.publishers {
-        offsets.push(off);
-        off += plan.count(p) as usize;
+impl Shared {
+    /// The state of a run about to start.
+    fn new(args: Args, targets: Vec<Target>, plan: Plan) -> Shared {
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        let total_conns = plan.subscribers + plan.publishers;
+        let sources = args
+            .sources
+            .map(|s| s as usize)
+            .unwrap_or(total_conns.div_ceil(25_000).max(1));
+        let mut offsets = Vec::with_capacity(plan.publishers);
+        let mut off = 0usize;
+        for p in 0..plan.publishers {
+            offsets.push(off);
+            off += plan.count(p) as usize;
+        }
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(16 * 1024)
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20));
+        let (phase, _) = watch::channel(Phase::Connecting);
+        Shared {
+            plan,
+            targets,
+            sources,
+            start,
+            deadline,
+            rooms: (0..plan.rooms)
+                .map(|r| format!("{}{r}", args.room_prefix))
+                .collect(),
+            ws_config,
+            phase,
+            connect_sem: Semaphore::new(args.connect_concurrency as usize),
+            attempts: AtomicUsize::new(0),
+            connected_subs: AtomicUsize::new(0),
+            connected_pubs: AtomicUsize::new(0),
+            pub_ok: (0..plan.publishers)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            connect_failures: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+            protocol_errors: AtomicUsize::new(0),
+            first_protocol_error: Mutex::new(None),
+            disconnects: AtomicUsize::new(0),
+            publisher_errors: AtomicUsize::new(0),
+            room_size: (0..plan.rooms).map(|_| AtomicU32::new(0)).collect(),
+            room_probed: (0..plan.rooms).map(|_| AtomicU32::new(0)).collect(),
+            probed: AtomicUsize::new(0),
+            probers: OnceLock::new(),
+            run_start: OnceLock::new(),
+            remaining: (0..off).map(|_| AtomicU32::new(0)).collect(),
+            offsets,
+            window: Semaphore::new(args.window_deliveries.unwrap_or(args.window) as usize),
+            sent: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            first_send_ns: AtomicU64::new(u64::MAX),
+            last_send_ns: AtomicU64::new(0),
+            pubs_done: AtomicUsize::new(0),
+            args,
+        }
     }
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024)
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20));
-    let (phase, _) = watch::channel(Phase::Connecting);
-    let sh = Arc::new(Shared {
-        plan,
-        targets: targets.clone(),
-        sources,
-        start,
-        deadline,
-        rooms: (0..plan.rooms)
-            .map(|r| format!("{}{r}", args.room_prefix))
-            .collect(),
-        ws_config,
-        phase,
-        connect_sem: Semaphore::new(args.connect_concurrency as usize),
-        attempts: AtomicUsize::new(0),
-        connected_subs: AtomicUsize::new(0),
-        connected_pubs: AtomicUsize::new(0),
-        pub_ok: (0..plan.publishers)
-            .map(|_| AtomicBool::new(false))
-            .collect(),
-        connect_failures: AtomicUsize::new(0),
-        first_error: Mutex::new(None),
-        disconnects: AtomicUsize::new(0),
-        publisher_errors: AtomicUsize::new(0),
-        room_size: (0..plan.rooms).map(|_| AtomicU32::new(0)).collect(),
-        room_probed: (0..plan.rooms).map(|_| AtomicU32::new(0)).collect(),
-        probed: AtomicUsize::new(0),
-        probers: OnceLock::new(),
-        run_start: OnceLock::new(),
-        remaining: (0..off).map(|_| AtomicU32::new(0)).collect(),
-        offsets,
-        window: Semaphore::new(args.window_deliveries.unwrap_or(args.window) as usize),
-        sent: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
-        completed: AtomicU64::new(0),
-        first_send_ns: AtomicU64::new(u64::MAX),
-        last_send_ns: AtomicU64::new(0),
-        pubs_done: AtomicUsize::new(0),
-        args,
-    });
+}
+
+async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
+    let sh = Arc::new(Shared::new(args, targets, plan));
+    let (start, deadline, sources) = (sh.start, sh.deadline, sh.sources);
+    let total_conns = plan.subscribers + plan.publishers;
     let tick = Duration::from_millis(10);
     let mem_before: Vec<sys::Mem> = sh
         .args
@@ -971,7 +1240,9 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
     let lost = expected.saturating_sub(t.delivered);
     let disconnects = sh.disconnects.load(Ordering::Relaxed);
     let publisher_errors = sh.publisher_errors.load(Ordering::Relaxed);
+    let protocol_errors = sh.protocol_errors.load(Ordering::Relaxed);
     let ok = lost == 0
+        && protocol_errors == 0
         && t.duplicates == 0
         && t.misrouted == 0
         && t.malformed == 0
@@ -985,6 +1256,7 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
     Report {
         label: args.label.clone(),
         scenario: args.scenario,
+        protocol: args.protocol,
         nodes: sh.targets.len(),
         subscribers: plan.subscribers,
         rooms: plan.rooms,
@@ -1022,6 +1294,12 @@ async fn run(args: Args, targets: Vec<Target>, plan: Plan) -> Report {
         malformed: t.malformed,
         disconnects,
         publisher_errors,
+        protocol_errors,
+        first_protocol_error: sh
+            .first_protocol_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
         run_s,
         deliveries_per_s: per_s(t.delivered, run_s),
         messages_per_s: per_s(sent, send_s.max(run_s)),
@@ -1053,9 +1331,10 @@ fn summary(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} {:?}: {} nodes, {} subscribers in {} rooms, {} publishers, {} messages of {} B{}",
+        "{} {:?} ({:?} protocol): {} nodes, {} subscribers in {} rooms, {} publishers, {} messages of {} B{}",
         if r.label.is_empty() { "run" } else { &r.label },
         r.scenario,
+        r.protocol,
         r.nodes,
         r.subscribers,
         r.rooms,
@@ -1083,6 +1362,12 @@ fn summary(r: &Report) -> String {
     );
     if let Some(e) = &r.first_error {
         let _ = writeln!(s, "  first error: {e}");
+    }
+    if r.protocol_errors > 0 || r.protocol == Protocol::Centrifugo {
+        let _ = writeln!(s, "  protocol errors: {}", r.protocol_errors);
+    }
+    if let Some(e) = &r.first_protocol_error {
+        let _ = writeln!(s, "  first protocol error: {e}");
     }
     if r.scenario == Scenario::Idle {
         let _ = writeln!(s, "  held {:.1} s", r.held_s);
@@ -1165,7 +1450,12 @@ fn main() -> ExitCode {
         eprintln!("error: --pids needs one PID per node, in --nodes order");
         return ExitCode::from(2);
     }
-    let targets: Vec<Target> = match args.nodes.iter().map(|n| parse_node(n)).collect() {
+    let targets: Vec<Target> = match args
+        .nodes
+        .iter()
+        .map(|n| parse_node(n, args.protocol))
+        .collect()
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -1284,9 +1574,128 @@ mod tests {
 
     #[test]
     fn node_urls() {
-        let t = parse_node("ws://127.0.0.1:9000").unwrap();
+        let t = parse_node("ws://127.0.0.1:9000", Protocol::Seed).unwrap();
         assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(t.url, "ws://127.0.0.1:9000/");
-        assert!(parse_node("http://127.0.0.1:1").is_err());
+        assert!(parse_node("http://127.0.0.1:1", Protocol::Seed).is_err());
+        let cf = |u| parse_node(u, Protocol::Centrifugo).unwrap().url;
+        assert_eq!(
+            cf("ws://127.0.0.1:9000"),
+            "ws://127.0.0.1:9000/connection/websocket"
+        );
+        assert_eq!(
+            cf("ws://127.0.0.1:9000/"),
+            "ws://127.0.0.1:9000/connection/websocket"
+        );
+        assert_eq!(cf("ws://127.0.0.1:9000/cf/ws"), "ws://127.0.0.1:9000/cf/ws");
+        let seed = parse_node("ws://127.0.0.1:9000/x", Protocol::Seed).unwrap();
+        assert_eq!(seed.url, "ws://127.0.0.1:9000/x");
+    }
+
+    #[test]
+    fn protocol_flag_and_frames() {
+        let a = Args::parse_from(["x", "--nodes", "ws://a:1"]);
+        assert_eq!(a.protocol, Protocol::Seed);
+        let a = Args::parse_from(["x", "--nodes", "ws://a:1", "--protocol", "centrifugo"]);
+        assert_eq!(a.protocol, Protocol::Centrifugo);
+        assert!(Args::try_parse_from(["x", "--nodes", "ws://a:1", "--protocol", "x"]).is_err());
+        let m = payload(1, 2, 3, 4, 64);
+        assert_eq!(
+            message_frame(Protocol::Seed, 7, "room2", &m),
+            send_frame("room2", &m)
+        );
+        let f: serde_json::Value =
+            serde_json::from_str(&message_frame(Protocol::Centrifugo, 7, "room2", &m)).unwrap();
+        assert_eq!(f["id"], 7);
+        assert_eq!(f["publish"]["channel"], "room2");
+        assert_eq!(f["publish"]["data"], m.as_str());
+    }
+
+    /// A subscriber's reading of Centrifugo frames feeds the same checks as
+    /// the seed protocol's: deliveries, duplicates, misrouting, probes.
+    #[test]
+    fn centrifugo_frames_reach_the_checks() {
+        let args = Args::parse_from([
+            "x",
+            "--nodes",
+            "ws://127.0.0.1:1",
+            "--protocol",
+            "centrifugo",
+            "-c",
+            "2",
+            "-r",
+            "2",
+            "-p",
+            "1",
+            "-m",
+            "4",
+        ]);
+        let plan = Plan::new(&args);
+        let targets = vec![parse_node("ws://127.0.0.1:1", args.protocol).unwrap()];
+        let sh = Shared::new(args, targets, plan);
+        // Publisher 0's messages 0 and 2 go to room0, of one member.
+        sh.remaining[0].store(1, Ordering::Relaxed);
+        sh.remaining[2].store(1, Ordering::Relaxed);
+        let mut me = Subscriber {
+            room: 0,
+            probed: false,
+            tracks: vec![Track::default()],
+        };
+        let push = |channel: &str, data: &str| {
+            format!(
+                r#"{{"push":{{"channel":"{channel}","pub":{{"data":"{data}","info":{{"user":"","client":"n-1"}}}}}}}}"#
+            )
+        };
+        let counts = || {
+            stats::with(|r| {
+                [
+                    &r.delivered,
+                    &r.duplicates,
+                    &r.misrouted,
+                    &r.malformed,
+                    &r.probes,
+                ]
+                .map(|c| c.load(Ordering::Relaxed))
+            })
+        };
+        let before = counts();
+        let frame = [
+            r#"{"id":1,"connect":{"client":"n-1","version":"v","ping":25,"pong":true}}"#
+                .to_string(),
+            r#"{"id":2,"subscribe":{}}"#.to_string(),
+            push("room0", "probe:0"),
+            push("room0", &payload(0, 0, 2, 0, 64)),
+            push("room0", &payload(0, 0, 0, 0, 64)),
+            push("room0", &payload(0, 0, 0, 0, 64)),
+            push("room1", &payload(0, 1, 1, 0, 64)),
+            r#"{"push":{"channel":"room0","pub":{"data":{"not":"a string"}}}}"#.to_string(),
+            "not json".to_string(),
+        ]
+        .join("\n");
+        assert!(!me.on_cf_frame(&sh, &frame), "no ping in it");
+        let after = counts();
+        let delta: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        // delivered, duplicates, misrouted, malformed, probes
+        assert_eq!(delta, [2, 1, 1, 2, 1]);
+        assert!(me.probed);
+        assert_eq!(sh.probed.load(Ordering::Relaxed), 1);
+        assert_eq!(sh.completed.load(Ordering::Relaxed), 2);
+        let t = &me.tracks[0];
+        assert_eq!(t.next, 3);
+        assert_eq!(sh.protocol_errors.load(Ordering::Relaxed), 0);
+
+        let frame = concat!(
+            "{}\r\n",
+            r#"{"id":3,"error":{"code":106,"message":"limit exceeded"}}"#,
+            "\n",
+            r#"{"push":{"channel":"room0","unsubscribe":{"code":2000}}}"#,
+        );
+        assert!(me.on_cf_frame(&sh, frame), "a ping to answer");
+        assert_eq!(sh.protocol_errors.load(Ordering::Relaxed), 2);
+        let first = sh.first_protocol_error.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            first,
+            "subscriber of room0: error reply to command 3: 106 limit exceeded"
+        );
     }
 }
