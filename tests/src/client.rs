@@ -307,10 +307,11 @@ impl Client {
 
     /// A normal close handshake from the client side: sends a close frame,
     /// then reads (discarding what the server sent before it saw the close)
-    /// until the server ends the TCP stream, which it must do once the
-    /// handshake is done (RFC 6455 §7.1.1). Panics, saying how far the
-    /// handshake got, if the stream has not ended within [`CLOSE_TIMEOUT`]
-    /// or breaks instead (a reset, a protocol error).
+    /// the server's close reply, then until the server ends the TCP stream,
+    /// which it must do once the handshake is done (RFC 6455 §7.1.1).
+    /// Panics, saying how far the handshake got, if the stream ends without
+    /// the reply, has not ended within [`CLOSE_TIMEOUT`], or breaks instead
+    /// (a reset, a protocol error).
     pub fn close(mut self) {
         let addr = self.addr;
         if let Err(e) = self.ws.close(None) {
@@ -326,11 +327,11 @@ impl Client {
                 // peer ended the stream (EOF, or a reset once nothing more
                 // may be read).
                 Some(Err(tungstenite::Error::ConnectionClosed)) => return,
-                // EOF before a close reply. The stream did end, which is
-                // what this checks; the reply itself is not required here.
+                // EOF before a close reply: the server must echo the close
+                // frame before it ends the stream (RFC 6455 §5.5.1).
                 Some(Err(tungstenite::Error::Protocol(
                     ProtocolError::ResetWithoutClosingHandshake,
-                ))) => return,
+                ))) => panic!("{addr} ended the TCP stream without answering the close frame"),
                 Some(Err(e)) if !answered => {
                     panic!("{addr} broke the connection instead of closing it: {e}")
                 }
@@ -383,6 +384,8 @@ mod tests {
         HoldsOpen,
         /// Neither replies nor closes the TCP connection.
         HoldsOpenWithoutReply,
+        /// Closes the TCP connection without a reply.
+        EndsWithoutReply,
     }
 
     /// A one-connection WebSocket server (std::net + tungstenite) that says
@@ -402,16 +405,27 @@ mod tests {
             loop {
                 match ws.read() {
                     // The reply is queued; the next read would write it.
-                    Ok(Message::Close(_)) if after == AfterClose::HoldsOpenWithoutReply => break,
+                    Ok(Message::Close(_))
+                        if matches!(
+                            after,
+                            AfterClose::HoldsOpenWithoutReply | AfterClose::EndsWithoutReply
+                        ) =>
+                    {
+                        break;
+                    }
                     Ok(_) => {}
                     // The close reply is written.
                     Err(tungstenite::Error::ConnectionClosed) => break,
                     Err(e) => panic!("test server: {e}"),
                 }
             }
-            if after != AfterClose::Ends {
+            if matches!(
+                after,
+                AfterClose::HoldsOpen | AfterClose::HoldsOpenWithoutReply
+            ) {
                 let _ = released.recv_timeout(Duration::from_secs(60));
             }
+            // Without a reply: the queued reply is never written; only FIN.
             drop(ws);
         });
         (addr, release, thread)
@@ -441,6 +455,17 @@ mod tests {
     fn close_returns_once_the_server_ends_the_stream() {
         let (failure, _) = close_against(AfterClose::Ends);
         assert_eq!(failure, None);
+    }
+
+    #[test]
+    fn close_fails_when_the_server_ends_the_stream_without_a_reply() {
+        let (failure, took) = close_against(AfterClose::EndsWithoutReply);
+        let failure = failure.expect("close() returned though the server never answered");
+        assert!(
+            failure.contains("ended the TCP stream without answering the close frame"),
+            "{failure}"
+        );
+        assert!(took < CLOSE_TIMEOUT, "waited {took:?}");
     }
 
     #[test]

@@ -37,13 +37,16 @@ pub use client::{CLOSE_TIMEOUT, Client, Event};
 pub use http::{HttpResponse, http_get, http_request, read_until_closed};
 pub use metrics::Metrics;
 pub use node::{Node, PendingShutdown};
-pub use redis::{RedisServer, redis_url};
+pub use redis::{RedisServer, Subscriber, redis_url};
 pub use scenarios::{Runtime, run_scenario};
 pub use seed::{SeedNode, install_seed, seed_payload, seed_source_dir, seed_unavailable};
 pub use util::{free_port, rss_bytes, skip_or_fail, spawn_child, unique, wait_until};
 
 /// Real Centrifugo SDK clients (JS and Python) driven as child processes.
 pub mod sdk;
+
+/// The real binaries as child processes (memory, limits, log, exit code).
+pub mod binary;
 
 /// How long a single wait (a message, a close, a Redis condition) may take.
 /// Generous: the machine is small and busy; nothing asserts speed.

@@ -1,8 +1,12 @@
 //! A `redis-server` process of the test's own.
 
 use std::io;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::util::signal;
@@ -257,6 +261,52 @@ impl RedisServer {
             .expect("CLIENT KILL TYPE pubsub")
     }
 
+    /// `CLIENT PAUSE ms mode` (`mode`: `"WRITE"` or `"ALL"`): for `ms`
+    /// milliseconds Redis holds back every command of every client (`ALL`),
+    /// or only those that may change the data set, `PUBLISH` included
+    /// (`WRITE`), while it keeps its connections open. Returns at once; the
+    /// pause ends by itself. (Any admin call of this helper would wait out an
+    /// `ALL` pause too: issue none before it ends, or [`client_unpause`].)
+    ///
+    /// [`client_unpause`]: Self::client_unpause
+    pub fn client_pause(&self, ms: u64, mode: &str) {
+        assert!(
+            matches!(mode, "WRITE" | "ALL"),
+            "CLIENT PAUSE mode {mode:?}: WRITE or ALL"
+        );
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg(mode)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("CLIENT PAUSE {ms} {mode}: {e}"));
+    }
+
+    /// `CLIENT UNPAUSE`: ends a [`client_pause`](Self::client_pause) early.
+    pub fn client_unpause(&self) {
+        let _: () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query(&mut self.conn())
+            .expect("CLIENT UNPAUSE");
+    }
+
+    /// `PUBSUB CHANNELS pattern`, sorted (a glob, e.g. `herd-*`).
+    pub fn channels_matching(&self, pattern: &str) -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(pattern)
+            .query(&mut self.conn())
+            .expect("PUBSUB CHANNELS pattern");
+        v.sort();
+        v
+    }
+
+    /// A subscriber of this test's own on `channel` (not a roomcast node):
+    /// what Redis actually published there.
+    pub fn subscriber(&self, channel: &str) -> Subscriber {
+        Subscriber::start(self.port, channel)
+    }
+
     /// `CONFIG SET key value`
     pub fn config_set(&self, key: &str, value: &str) {
         let _: () = redis::cmd("CONFIG")
@@ -277,4 +327,100 @@ impl Drop for RedisServer {
 
 pub fn redis_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
+}
+
+/// A plain Redis subscriber on one channel, on a thread of its own, that
+/// records every payload Redis publishes there (see
+/// [`RedisServer::subscriber`]). It speaks RESP over its own socket, reads
+/// without a timeout (so no message is ever cut), and is stopped by shutting
+/// that socket down. It has subscribed when `start` returns.
+pub struct Subscriber {
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    socket: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn start(port: u16, channel: &str) -> Subscriber {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).expect("connect a subscriber");
+        socket.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let cmd = format!(
+            "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        );
+        socket.write_all(cmd.as_bytes()).expect("SUBSCRIBE");
+        let mut reader = BufReader::new(socket.try_clone().unwrap());
+        reader.get_ref().set_read_timeout(Some(TIMEOUT)).unwrap();
+        let confirm = read_resp(&mut reader).expect("SUBSCRIBE confirmation");
+        assert_eq!(
+            confirm.first().map(Vec::as_slice),
+            Some(&b"subscribe"[..]),
+            "SUBSCRIBE answered {confirm:?}"
+        );
+        reader.get_ref().set_read_timeout(None).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let got = got.clone();
+            std::thread::spawn(move || {
+                // Ends when the socket is shut down (or Redis goes away).
+                while let Some(mut parts) = read_resp(&mut reader) {
+                    if parts.len() == 3 && parts[0] == b"message" {
+                        got.lock().unwrap().push(parts.pop().unwrap());
+                    }
+                }
+            })
+        };
+        Subscriber {
+            got,
+            socket,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many messages arrived so far.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Every payload so far, in arrival order.
+    pub fn payloads(&self) -> Vec<Vec<u8>> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One RESP array of bulk strings (what a subscriber receives), or `None`
+/// at the end of the stream or on anything else.
+fn read_resp(r: &mut impl BufRead) -> Option<Vec<Vec<u8>>> {
+    fn line(r: &mut impl BufRead) -> Option<String> {
+        let mut l = String::new();
+        match r.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end_matches("\r\n").to_string()),
+        }
+    }
+    let head = line(r)?;
+    let n: usize = head.strip_prefix('*')?.parse().ok()?;
+    let mut parts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let item = line(r)?;
+        if let Some(int) = item.strip_prefix(':') {
+            parts.push(int.as_bytes().to_vec());
+            continue;
+        }
+        let len: usize = item.strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0u8; len + 2];
+        r.read_exact(&mut buf).ok()?;
+        buf.truncate(len);
+        parts.push(buf);
+    }
+    Some(parts)
 }

@@ -391,8 +391,12 @@ impl<M: Clone> Hub<M> {
         {
             self.room_index.shrink_to_fit();
         }
-        // Trailing free slots can go.
-        if self.rooms.len() > 1024 && self.free_rooms.len() > self.rooms.len() / 2 {
+        // Trailing free slots can go (only when there are some: this runs on
+        // every room removal, under the hub's lock).
+        if self.rooms.len() > 1024
+            && self.free_rooms.len() > self.rooms.len() / 2
+            && matches!(self.rooms.last(), Some(None))
+        {
             while matches!(self.rooms.last(), Some(None)) {
                 self.rooms.pop();
             }
