@@ -41,6 +41,9 @@ pub mod node;
 #[cfg(feature = "cli")]
 pub mod cli;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use codec::http::{ClientProtocol, HeadReader};
 pub use codec::seed::{ClientFrame, FrameError, Message};
 pub use codec::{Publication, envelope, http, seed};

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use roomcast_core::envelope::{self, Envelope};
 use roomcast_core::seed::{ClientFrame, Message, compact_json, parse_client_frame};
-use roomcast_core::{Hub, HubConfig, Inbound, Limits};
+use roomcast_core::{BrokerMode, ClientProtocol, Inbound, Limits, Node, NodeConfig, Publication};
 use std::time::Duration;
 
 fn room() -> impl Strategy<Value = String> {
@@ -40,6 +40,14 @@ fn message() -> impl Strategy<Value = Message<'static>> {
     ]
 }
 
+/// A publisher's client info: a JSON object, compact (as the node sends it).
+fn info() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(
+        prop::collection::btree_map(".{0,8}", json_value(), 0..4)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()).to_string()),
+    )
+}
+
 fn frame() -> impl Strategy<Value = ClientFrame<'static>> {
     prop_oneof![
         room().prop_map(|r| ClientFrame::Subscribe { room: r.into() }),
@@ -60,11 +68,18 @@ proptest! {
     }
 
     #[test]
-    fn envelopes_round_trip(r in room(), m in message()) {
-        let env = Envelope { room: r.into(), message: m };
+    fn envelopes_round_trip(r in room(), m in message(), i in info()) {
+        let env = Envelope { room: r.into(), message: m, info: i.map(Into::into) };
         let enc = env.encode();
         let parsed = envelope::parse_envelope(enc.as_bytes()).unwrap();
-        prop_assert_eq!(parsed, env);
+        prop_assert_eq!(&parsed, &env);
+        // A publication's payload is the same text.
+        let publication = Publication {
+            room: &env.room,
+            message: env.message.clone(),
+            info: env.info.as_deref(),
+        };
+        prop_assert_eq!(envelope::encode(&publication), enc);
     }
 
     #[test]
@@ -90,10 +105,18 @@ proptest! {
         let _ = parse_client_frame(&bytes, &Limits::default());
         let _ = envelope::parse_envelope(&bytes);
         let _ = roomcast_core::http::route(&bytes, true);
-        let mut hub = Hub::new(HubConfig::default(), Duration::ZERO);
-        let id = hub.handle_open();
-        hub.handle_frame(id, Inbound::Text(&bytes));
-        hub.handle_broker_message(&bytes, &bytes);
+        for mode in [BrokerMode::Local, BrokerMode::Remote] {
+            let node = Node::new(NodeConfig { mode, ..NodeConfig::default() }, Duration::ZERO);
+            let member = node.open(ClientProtocol::Seed, Duration::ZERO);
+            node.frame(&member, Inbound::Text(br#"{"type":"SUBSCRIBE","room":"r"}"#), Duration::ZERO);
+            let conn = node.open(ClientProtocol::Seed, Duration::ZERO);
+            node.frame(&conn, Inbound::Text(&bytes), Duration::ZERO);
+            node.broker_message(&bytes, &bytes);
+            node.broker_message(b"r", &bytes);
+            let probe = node.inspect(|h| h.broker().probe_channel().to_string());
+            node.broker_message(probe.as_bytes(), &bytes);
+            prop_assert!(node.snapshot().connections <= 2);
+        }
     }
 
     #[test]

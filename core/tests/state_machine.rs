@@ -1,51 +1,69 @@
-//! Model-based tests: random sequences of every hub input, run against a
-//! real `Node` and the reference model in `roomcast_core::testing`, with the
-//! invariants a–h checked after every step.
+//! Model-based tests: random sequences of every input a runtime gives the
+//! node (sockets, frames, writers, timers, and a simulated broker task over
+//! a simulated Redis), run against a real `Node` and the reference model in
+//! `roomcast_core::testing`, in remote and embedded broker modes, with the
+//! invariants a–k checked after every step.
 //!
-//! 256 cases of up to 200 steps by default; `PROPTEST_CASES=N` raises it.
+//! 256 cases of up to 200 steps by default; `PROPTEST_CASES=N` changes it.
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
-use roomcast_core::testing::{Harness, Op};
+use roomcast_core::BrokerState;
+use roomcast_core::testing::{Harness, Op, Setup};
 
 /// Strategy over every operation, weighted so that sequences build up state
-/// (connections, memberships) before tearing it down.
+/// (connections, memberships, a live broker link) before tearing it down;
+/// a shutdown comes in about one run in six.
 fn op() -> impl Strategy<Value = Op> {
     let idx = any::<u8>();
+    // Mostly two rooms, so that memberships overlap; mostly the long
+    // message, so that outboxes fill.
+    let room = || prop_oneof![3 => 0u8..2, 1 => any::<u8>()];
+    let message = prop_oneof![1 => Just(4u8), 2 => any::<u8>()];
     prop_oneof![
-        6 => Just(Op::Open),
-        2 => idx.prop_map(Op::Close),
-        8 => (idx, 0u8..8).prop_map(|(c, r)| Op::Subscribe(c, r)),
-        4 => (idx, 0u8..8).prop_map(|(c, r)| Op::Unsubscribe(c, r)),
-        6 => (idx, 0u8..8, any::<u8>()).prop_map(|(c, r, m)| Op::Send(c, r, m)),
-        1 => (idx, any::<u8>()).prop_map(|(c, k)| Op::BadFrame(c, k)),
-        1 => idx.prop_map(Op::Binary),
-        1 => idx.prop_map(Op::TooLarge),
-        1 => idx.prop_map(Op::NotUtf8),
-        1 => idx.prop_map(Op::ProtocolError),
-        1 => idx.prop_map(Op::OutboundFull),
-        6 => idx.prop_map(Op::Drain),
-        6 => (0u8..8, any::<u8>()).prop_map(|(r, m)| Op::BrokerMessage(r, m)),
-        1 => (0u8..8).prop_map(Op::BrokerJunk),
-        4 => any::<bool>().prop_map(Op::BrokerConnected),
-        2 => any::<bool>().prop_map(Op::BrokerDisconnected),
-        2 => Just(Op::BrokerPong),
-        4 => (0u16..400).prop_map(Op::Advance),
-        1 => Just(Op::Shutdown).prop_filter("shutdown is rare", |_| true),
+        40 => prop_oneof![5 => Just(false), 1 => Just(true)].prop_map(Op::Open),
+        80 => (idx, room()).prop_map(|(c, r)| Op::Subscribe(c, r)),
+        40 => (idx, room()).prop_map(|(c, r)| Op::Unsubscribe(c, r)),
+        60 => (idx, room(), message).prop_map(|(c, r, m)| Op::Send(c, r, m)),
+        10 => (idx, any::<u8>()).prop_map(|(c, k)| Op::Bad(c, k)),
+        20 => idx.prop_map(Op::Pong),
+        60 => idx.prop_map(Op::Drain),
+        30 => (idx, any::<bool>()).prop_map(|(c, p)| Op::End(c, p)),
+        10 => idx.prop_map(Op::OutboundFull),
+        10 => any::<u8>().prop_map(Op::Http),
+        10 => Just(Op::AcceptFailed),
+        80 => Just(Op::BrokerPoll),
+        80 => prop_oneof![4 => Just(true), 1 => Just(false)].prop_map(Op::BrokerStep),
+        60 => Just(Op::Deliver),
+        60 => Just(Op::BrokerRun),
+        30 => (room(), any::<u8>()).prop_map(|(r, k)| Op::External(r, k)),
+        10 => (any::<u8>(), any::<u8>()).prop_map(|(r, k)| Op::Stray(r, k)),
+        10 => Just(Op::SubscriberLost),
+        10 => any::<u8>().prop_map(Op::Stale),
+        50 => (0u16..60).prop_map(Op::Advance),
+        10 => (0u16..400).prop_map(Op::Advance),
+        10 => (0u16..400).prop_map(Op::Late),
+        1 => Just(Op::Shutdown),
     ]
 }
 
-/// The reference side only generates operations: the model itself lives in
-/// the harness so the fuzz targets share it.
+/// The reference side only generates operations (the model itself lives in
+/// the harness, so that the fuzz targets share it); its state is the setup.
 struct Ops;
 
 impl ReferenceStateMachine for Ops {
-    type State = ();
+    type State = Setup;
     type Transition = Op;
 
     fn init_state() -> BoxedStrategy<Self::State> {
-        Just(()).boxed()
+        (any::<bool>(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(local, rate_limit, no_keepalive)| Setup {
+                local,
+                rate_limit,
+                no_keepalive,
+            })
+            .boxed()
     }
 
     fn transitions(_: &Self::State) -> BoxedStrategy<Self::Transition> {
@@ -63,17 +81,18 @@ impl StateMachineTest for Sut {
     type SystemUnderTest = Harness;
     type Reference = Ops;
 
-    fn init_test(_: &()) -> Self::SystemUnderTest {
-        Harness::default()
+    fn init_test(setup: &Setup) -> Self::SystemUnderTest {
+        Harness::new(*setup)
     }
 
-    fn apply(mut sut: Harness, _: &(), op: Op) -> Harness {
+    fn apply(mut sut: Harness, _: &Setup, op: Op) -> Harness {
         sut.apply(op);
         sut
     }
 
-    fn check_invariants(sut: &Harness, _: &()) {
-        sut.check();
+    fn check_invariants(sut: &Harness, _: &Setup) {
+        // `apply` checks every invariant after each step.
+        let _ = sut;
     }
 }
 
@@ -81,51 +100,401 @@ prop_state_machine! {
     #![proptest_config(Config::default())]
 
     #[test]
-    fn hub_invariants_hold(sequential 1..200 => Sut);
+    fn node_matches_the_model(sequential 1..200 => Sut);
 }
 
-/// A fixed scenario that walks through every phase, so a regression shows up
-/// even with PROPTEST_CASES=1.
+/// Redis answers everything until the broker task is idle.
+fn settle(h: &mut Harness) {
+    h.apply(Op::BrokerRun);
+}
+
+/// Lets time pass up to the node's next deadline (the harness has checked
+/// it against the model's prediction), and fires it.
+fn to_deadline(h: &mut Harness) {
+    let d = h.node().deadline().expect("a deadline");
+    let ms = (d - h.now()).as_millis() as u16;
+    h.apply(Op::Advance(ms));
+}
+
 #[test]
-fn scripted_outage_and_recovery() {
-    let mut h = Harness::default();
+fn scripted_remote_chat_outage_and_recovery() {
     use Op::*;
-    for op in [
-        Open,
-        Open,
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[
+        Open(false),
+        Open(false),
         Subscribe(0, 0),
         Subscribe(1, 0),
         Subscribe(1, 1),
-        BrokerConnected(false),
-        Send(0, 0, 0),
-        BrokerMessage(0, 0),
-        Drain(0),
-        BrokerDisconnected(false),
-        Send(0, 0, 1),
-        Send(0, 1, 1),
-        Send(0, 1, 1),
-        Send(0, 1, 1),
-        Send(0, 1, 1),
-        Advance(300),
-        BrokerConnected(false),
-        Unsubscribe(1, 1),
-        Close(0),
-        BrokerMessage(0, 4),
-        BrokerMessage(0, 4),
-        Drain(1),
-        Advance(150),
-        Advance(200),
-        Shutdown,
-        Drain(1),
-        Open,
-    ] {
-        h.apply(op);
+    ]);
+    settle(&mut h);
+    assert!(h.node().broker_up(), "{:?}", h.node().broker_state());
+    // A message goes out, comes back from Redis, reaches both members.
+    h.run(&[Send(0, 0, 0)]);
+    settle(&mut h);
+    assert!(h.tally().echoed_publishes >= 1);
+    assert_eq!(h.node().queued_frames(h.conns()[1]).len(), 1);
+    h.run(&[Drain(0), Drain(1)]);
+    // The subscriber dies: sends are held, the fifth of five dropped.
+    h.run(&[SubscriberLost]);
+    assert!(!h.node().broker_up());
+    for _ in 0..5 {
+        h.apply(Send(0, 1, 1));
     }
-    assert!(h.pings() > 0, "the scenario exercised pings");
-    let c = h.node().hub().counters();
+    assert_eq!(h.node().snapshot().broker.buffer_dropped, 1);
+    // The retry comes within the backoff; held publishes go out in order,
+    // and every room is subscribed again.
+    to_deadline(&mut h);
+    settle(&mut h);
+    assert!(h.node().broker_up());
+    let s = h.node().snapshot();
+    assert_eq!((s.broker.published, s.subscriptions), (5, 2));
     assert_eq!(
-        c.publish_buffer_dropped, 1,
-        "five sends while down, buffer of four"
+        h.node().queued_frames(h.conns()[1]).len(),
+        4,
+        "the four held, fed back to 1"
     );
-    assert!(c.broker_failures >= 2, "ping timeout counted: {c:?}");
+    h.run(&[Drain(1)]);
+    // Other publishers: JSON, info, oversized.
+    h.run(&[
+        Unsubscribe(1, 1),
+        End(0, true),
+        External(0, 1),
+        External(0, 3),
+        External(0, 9),
+    ]);
+    settle(&mut h);
+    assert_eq!(h.node().snapshot().broker_payloads_too_large, 1);
+    assert_eq!(h.node().queued_frames(h.conns()[0]).len(), 2);
+    // Probes keep it up while Redis answers them.
+    for _ in 0..10 {
+        h.apply(Advance(60));
+        settle(&mut h);
+        assert!(h.node().broker_up());
+    }
+    h.run(&[
+        Drain(0),
+        Shutdown,
+        BrokerPoll,
+        BrokerPoll,
+        Drain(0),
+        Open(true),
+        Drain(0),
+    ]);
+    let s = h.node().snapshot();
+    assert_eq!((s.broker.connects, s.broker.failures), (2, 1));
+    assert_eq!(h.node().broker_state(), BrokerState::Stopped);
+    assert_eq!(s.sockets, 0);
+}
+
+/// Embedded mode: a publish reaches every member, the sender included,
+/// with no broker session at all.
+#[test]
+fn scripted_local_chat_slow_consumer_and_shutdown() {
+    use Op::*;
+    let mut h = Harness::new(Setup::LOCAL);
+    assert!(h.node().broker_up());
+    assert_eq!(h.node().deadline(), None);
+    h.run(&[
+        Open(false),
+        Open(false),
+        Open(false),
+        Subscribe(0, 3),
+        Subscribe(1, 3),
+        Send(0, 3, 7),
+    ]);
+    for i in 0..2 {
+        assert_eq!(h.node().queued_frames(h.conns()[i]), ["café \"q\""]);
+    }
+    assert!(h.node().queued_frames(h.conns()[2]).is_empty());
+    // 1 does not read: two long messages fill it, the third closes it.
+    h.run(&[
+        Drain(0),
+        Send(0, 3, 4),
+        Drain(0),
+        Send(0, 3, 4),
+        Drain(0),
+        Send(0, 3, 4),
+    ]);
+    let s = h.node().snapshot();
+    assert_eq!(
+        (s.slow_consumer_closes, s.deliveries, s.broker.published),
+        (1, 8, 0)
+    );
+    h.run(&[
+        BrokerPoll,
+        Http(0),
+        Shutdown,
+        Drain(0),
+        Drain(2),
+        End(0, false),
+        End(1, true),
+    ]);
+    h.run(&[Http(0), Open(false), Open(true), End(0, false)]);
+    assert_eq!(h.node().snapshot().rejected_connections, 1);
+}
+
+/// A paused Redis: the links connect and answer their PING, the
+/// subscriptions even complete, but the probe never comes back (or its
+/// publish hangs until `--redis-timeout`). The session is never up, and
+/// every attempt waits longer than the one before, up to the cap.
+#[test]
+fn a_link_whose_probe_never_returns_is_never_up_and_the_backoff_grows() {
+    use Op::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[Open(false), Subscribe(0, 0), Send(0, 0, 0)]);
+    for round in 0..8 {
+        // Connect, then the subscriptions and the probe.
+        h.run(&[BrokerPoll, BrokerStep(true), BrokerPoll, BrokerStep(true)]);
+        if round % 2 == 0 {
+            // The probe is published and lost.
+            h.run(&[BrokerStep(true)]);
+        }
+        assert!(!h.node().broker_up());
+        assert!(matches!(
+            h.node().broker_state(),
+            BrokerState::Verifying { .. }
+        ));
+        // Its deadline passes: the link is reset.
+        for ms in [50, 50, 49] {
+            h.apply(Advance(ms));
+            assert!(!h.node().broker_up());
+        }
+        h.apply(Advance(1));
+        assert!(matches!(h.node().broker_state(), BrokerState::Down { .. }));
+        if round % 2 == 1 {
+            // The hung probe times out in the broker task.
+            h.apply(BrokerStep(false));
+        }
+        to_deadline(&mut h);
+        assert!(matches!(
+            h.node().broker_state(),
+            BrokerState::Connecting { .. }
+        ));
+    }
+    let nominal: Vec<u64> = h
+        .backoffs()
+        .iter()
+        .map(|(n, _)| n.as_millis() as u64)
+        .collect();
+    assert_eq!(nominal, [10, 20, 40, 80, 160, 200, 200, 200]);
+    for (n, d) in h.backoffs() {
+        assert!(*d >= *n / 2 && d <= n, "{d:?} for {n:?}");
+    }
+    let s = h.node().snapshot();
+    assert_eq!(
+        (s.broker.connects, s.broker.failures, s.broker_up),
+        (0, 8, false)
+    );
+    assert_eq!(s.publish_buffer_depth, 1, "the publish is held throughout");
+}
+
+/// The backoff restarts from its base only once a link proved itself.
+#[test]
+fn the_backoff_restarts_only_after_a_proven_link() {
+    use Op::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    // Three attempts fail to connect at all.
+    for _ in 0..3 {
+        h.run(&[BrokerPoll, BrokerStep(false)]);
+        to_deadline(&mut h);
+    }
+    // One connects and proves itself; then its subscriber dies.
+    settle(&mut h);
+    assert!(h.node().broker_up());
+    h.run(&[SubscriberLost, BrokerPoll]);
+    to_deadline(&mut h);
+    // This one connects but never proves itself: no restart.
+    h.run(&[BrokerPoll, BrokerStep(true), SubscriberLost]);
+    to_deadline(&mut h);
+    let nominal: Vec<u64> = h
+        .backoffs()
+        .iter()
+        .map(|(n, _)| n.as_millis() as u64)
+        .collect();
+    assert_eq!(nominal, [10, 20, 40, 10, 20]);
+    assert_eq!(h.node().snapshot().broker.connects, 1);
+}
+
+/// Every publish is published, unknown, held or dropped, and the model
+/// tells which.
+#[test]
+fn publishes_are_accounted_for() {
+    use Op::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[Open(false)]);
+    settle(&mut h);
+    // Five while up and the broker task busy: four queued, one dropped.
+    for _ in 0..5 {
+        h.apply(Send(0, 2, 0));
+    }
+    let s = h.node().snapshot();
+    assert_eq!((s.publish_buffer_depth, s.broker.queue_dropped), (4, 1));
+    // Their pipeline fails: fate unknown.
+    h.run(&[BrokerPoll, BrokerStep(false)]);
+    assert_eq!(h.node().snapshot().broker.unknown, 4);
+    // Five while down: four held, one dropped.
+    for _ in 0..5 {
+        h.apply(Send(0, 2, 1));
+    }
+    let s = h.node().snapshot();
+    assert_eq!((s.publish_buffer_depth, s.broker.buffer_dropped), (4, 1));
+    // The next proven link takes the held ones, in order.
+    to_deadline(&mut h);
+    settle(&mut h);
+    let s = h.node().snapshot();
+    assert_eq!((s.broker.published, s.publish_buffer_depth), (4, 0));
+    let b = s.broker;
+    assert_eq!(
+        b.published + b.unknown + b.queue_dropped + b.buffer_dropped,
+        10
+    );
+    assert_eq!(h.tally().unreported, 0);
+}
+
+/// Subscription changes coalesce per channel until the broker task polls.
+#[test]
+fn subscription_changes_coalesce() {
+    use Op::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[Open(false), Open(false)]);
+    settle(&mut h);
+    // A join and a leave before the poll cancel out.
+    h.run(&[Subscribe(0, 0), Unsubscribe(0, 0)]);
+    assert_eq!(h.node().snapshot().pending_subscription_changes, 0);
+    h.run(&[
+        Subscribe(0, 0),
+        Subscribe(1, 0),
+        Subscribe(0, 1),
+        Subscribe(0, 2),
+    ]);
+    assert_eq!(h.node().snapshot().pending_subscription_changes, 3);
+    // Two batches of at most two (the model checks the poll).
+    settle(&mut h);
+    assert_eq!(h.node().snapshot().subscriptions, 3);
+    // A leave and a join of a held room cancel out too.
+    h.run(&[
+        Unsubscribe(0, 1),
+        Subscribe(1, 1),
+        Unsubscribe(0, 2),
+        Unsubscribe(0, 0),
+    ]);
+    assert_eq!(h.node().snapshot().pending_subscription_changes, 1);
+    settle(&mut h);
+    assert_eq!(h.node().snapshot().subscriptions, 2);
+}
+
+/// The generated sequences are not vacuous: across a fixed sample, they
+/// bring links up, feed publishes back, lose links, fill outboxes, time
+/// peers out, refuse bad input and shut down, in both broker modes.
+#[test]
+fn random_sequences_reach_every_phase() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let seqs = (Ops::init_state(), prop::collection::vec(op(), 100..200));
+    let mut total = roomcast_core::metrics::Snapshot::default();
+    let mut tally = roomcast_core::testing::Tally::default();
+    let (mut local_runs, mut up_runs, mut backoffs) = (0, 0, 0);
+    for _ in 0..64 {
+        let (setup, ops) = seqs.new_tree(&mut runner).unwrap().current();
+        let mut h = Harness::new(setup);
+        let mut was_up = false;
+        for op in ops {
+            h.apply(op);
+            was_up |= !setup.local && h.node().broker_up();
+        }
+        local_runs += usize::from(setup.local);
+        up_runs += usize::from(was_up);
+        backoffs += h.backoffs().len();
+        let s = h.node().snapshot();
+        let t = h.tally();
+        total.broker.connects += s.broker.connects;
+        total.broker.failures += s.broker.failures;
+        total.broker.published += s.broker.published;
+        total.broker.unknown += s.broker.unknown;
+        total.broker.buffer_dropped += s.broker.buffer_dropped;
+        total.broker.queue_dropped += s.broker.queue_dropped;
+        total.deliveries += s.deliveries;
+        total.slow_consumer_closes += s.slow_consumer_closes;
+        total.no_pong_closes += s.no_pong_closes;
+        total.rate_limited += s.rate_limited;
+        total.broker_payloads_dropped += s.broker_payloads_dropped;
+        total.broker_payloads_too_large += s.broker_payloads_too_large;
+        total.rejected_connections += s.rejected_connections;
+        total.pending_subscription_changes += s.pending_subscription_changes;
+        tally.probes_echoed += t.probes_echoed;
+        tally.echoed_publishes += t.echoed_publishes;
+        tally.unreported += t.unreported;
+        tally.keepalive_pings += t.keepalive_pings;
+    }
+    eprintln!(
+        "{local_runs} local, {up_runs} remote runs up, {backoffs} backoffs\n{tally:?}\n{total:?}"
+    );
+    assert!(local_runs > 10 && local_runs < 54);
+    assert!(up_runs > 10, "links came up in {up_runs} runs");
+    assert!(backoffs > 20);
+    let b = total.broker;
+    for (what, n) in [
+        ("connects", b.connects),
+        ("failures", b.failures),
+        ("published", b.published),
+        ("unknown", b.unknown),
+        ("buffer drops", b.buffer_dropped),
+        ("deliveries", total.deliveries),
+        ("slow consumers", total.slow_consumer_closes),
+        ("no-pong closes", total.no_pong_closes),
+        ("rate limited", total.rate_limited),
+        ("junk payloads", total.broker_payloads_dropped),
+        ("oversized payloads", total.broker_payloads_too_large),
+        ("rejected sockets", total.rejected_connections),
+        ("probe echoes", tally.probes_echoed),
+        ("publishes fed back", tally.echoed_publishes),
+        ("keepalive pings", tally.keepalive_pings),
+    ] {
+        assert!(n > 0, "no {what} in the sample");
+    }
+}
+
+/// Every limit at its exact boundary, in embedded mode: an outbox filled to
+/// exactly its limit takes no more; the rooms-per-connection limit; frames
+/// and broker payloads of exactly the limit and one byte over.
+#[test]
+fn scripted_local_limits_at_their_boundaries() {
+    use Op::*;
+    let mut h = Harness::new(Setup::LOCAL);
+    h.run(&[Open(false), Open(false), Subscribe(0, 0), Subscribe(1, 0)]);
+    // Two 60-byte messages fill 1's outbox exactly; 0 drains each time.
+    h.run(&[Send(0, 0, 4), Drain(0), Send(0, 0, 4), Drain(0)]);
+    assert_eq!(h.node().queued_bytes(h.conns()[1]), 120);
+    assert!(!h.node().is_closing(h.conns()[1]));
+    h.run(&[Send(0, 0, 3)]);
+    assert_eq!(
+        h.node().snapshot().slow_consumer_closes,
+        1,
+        "a full outbox takes nothing more"
+    );
+    h.run(&[End(1, false)]);
+    // Three rooms, and a fourth refused.
+    h.run(&[Subscribe(0, 1), Subscribe(0, 2), Subscribe(0, 2)]);
+    assert!(!h.node().is_closing(h.conns()[0]));
+    h.run(&[Subscribe(0, 3)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((1008, "more than 3 rooms on one connection".into()))
+    );
+    h.run(&[Drain(0)]);
+    // Broker payloads of exactly the limit pass, one byte more does not.
+    h.run(&[
+        Open(false),
+        Subscribe(0, 5),
+        External(5, 10),
+        External(5, 9),
+        Drain(0),
+    ]);
+    let s = h.node().snapshot();
+    assert_eq!((s.broker_payloads_too_large, s.deliveries), (1, 7));
+    // A frame one byte over the limit.
+    h.run(&[Bad(0, 12)]);
+    assert_eq!(h.node().queued_close(h.conns()[0]).map(|c| c.0), Some(1009));
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake as EndedEarly;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::Frame;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use futures_io::{AsyncRead, AsyncWrite};
@@ -299,7 +300,15 @@ async fn handle_socket<R: Runtime>(
                 Some(shared.ws_config),
             )
             .await;
-            run_connection(&shared, ws, protocol).await;
+            // The connection lives in a task of its own: this one, whose
+            // state is sized for the handshake, ends here.
+            // Split here: an async fn keeps its arguments for its whole life.
+            let (tx, rx) = ws.split();
+            rt.spawn(async move {
+                run_connection(&guard.0, tx, rx, protocol).await;
+                drop(guard);
+            });
+            return;
         }
         Reply::Respond(response) => {
             let _ = until(rt, deadline, async {
@@ -314,6 +323,27 @@ async fn handle_socket<R: Runtime>(
 }
 
 type Ws<R> = WebSocketStream<<R as Runtime>::Tcp>;
+type WsSender<R> = async_tungstenite::WebSocketSender<<R as Runtime>::Tcp>;
+type WsReceiver<R> = async_tungstenite::WebSocketReceiver<<R as Runtime>::Tcp>;
+
+/// Text messages larger than this are sent as fragments of this size.
+pub const FRAGMENT_BYTES: usize = 16 * 1024;
+
+/// A text message as a first fragment and its continuations (RFC 6455
+/// §5.4; UTF-8 is checked over the whole message, so a fragment may end
+/// inside a character). Each fragment shares the message's bytes.
+fn fragments(message: Bytes) -> impl Iterator<Item = Frame> {
+    let n = message.len().div_ceil(FRAGMENT_BYTES);
+    (0..n).map(move |i| {
+        let part = message.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(message.len()));
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        Frame::message(part, opcode, i + 1 == n)
+    })
+}
 
 /// What the WebSocket layer read, as the node's input.
 fn inbound(msg: &Result<Message, WsError>) -> Option<Inbound<'_>> {
@@ -329,12 +359,16 @@ fn inbound(msg: &Result<Message, WsError>) -> Option<Inbound<'_>> {
     })
 }
 
-async fn run_connection<R: Runtime>(shared: &Arc<Shared<R>>, ws: Ws<R>, protocol: ClientProtocol) {
+async fn run_connection<R: Runtime>(
+    shared: &Arc<Shared<R>>,
+    mut tx: WsSender<R>,
+    mut rx: WsReceiver<R>,
+    protocol: ClientProtocol,
+) {
     let node = &shared.node;
     let rt = &shared.rt;
     let conn = node.open(protocol, rt.now());
     debug!(conn = %conn.id(), "open");
-    let (mut tx, mut rx) = ws.split();
     let finish = {
         let reader = pin!(async {
             let mut peer_closed = false;
@@ -372,6 +406,17 @@ async fn run_connection<R: Runtime>(shared: &Arc<Shared<R>>, ws: Ws<R>, protocol
                 match poll_fn(|cx| node.poll_outgoing(&conn, cx)).await {
                     Outgoing::Frames(frames) => {
                         for f in frames {
+                            if f.len() > FRAGMENT_BYTES {
+                                // A large message goes out in fragments, so the
+                                // WebSocket layer's write buffer (which keeps
+                                // its largest size) stays small.
+                                for fragment in fragments(f) {
+                                    if tx.feed(Message::Frame(fragment)).await.is_err() {
+                                        return Finish::Release;
+                                    }
+                                }
+                                continue;
+                            }
                             // SAFETY: the node only queues frames built from `str`.
                             let text = unsafe { Utf8Bytes::from_bytes_unchecked(f) };
                             if tx.feed(Message::Text(text)).await.is_err() {
@@ -405,7 +450,8 @@ async fn run_connection<R: Runtime>(shared: &Arc<Shared<R>>, ws: Ws<R>, protocol
         match first {
             Ok(Some(finish)) | Err(finish) => finish,
             // Refused: the writer sends the close, unless it is stuck.
-            Ok(None) => timeout(rt, shared.cli.shutdown_grace, writer)
+            // (Boxed: a cold path, kept out of every live connection's state.)
+            Ok(None) => Box::pin(timeout(rt, shared.cli.shutdown_grace, writer))
                 .await
                 .unwrap_or(Finish::Release),
         }
@@ -526,7 +572,15 @@ async fn broker_task<R: Runtime>(shared: Arc<Shared<R>>, client: redis::Client) 
                 }
                 op => op,
             };
-            let Some(l) = &mut link else { continue };
+            let Some(l) = &mut link else {
+                // No link (it failed before this op's turn): a publish goes
+                // back to the node's buffer; subscriptions are redone by the
+                // next link.
+                if let BrokerOp::Publish(batch) = op {
+                    node.broker_unsent(batch);
+                }
+                continue;
+            };
             let session = l.session;
             let (ok, unknown) = match op {
                 BrokerOp::Subscribe(chs) => {
@@ -804,4 +858,26 @@ pub fn threads(cli: &Cli) -> usize {
     cli.threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_message_is_sent_as_fragments_that_make_it_up() {
+        let message = Bytes::from("é".repeat(FRAGMENT_BYTES + 10));
+        let frames: Vec<Frame> = fragments(message.clone()).collect();
+        assert_eq!(frames.len(), 2 * (FRAGMENT_BYTES + 10) / FRAGMENT_BYTES + 1);
+        let mut joined = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let h = f.header();
+            assert_eq!(h.is_final, i + 1 == frames.len());
+            let want = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(h.opcode, OpCode::Data(want));
+            assert!(f.payload().len() <= FRAGMENT_BYTES);
+            joined.extend_from_slice(f.payload());
+        }
+        assert_eq!(joined, message);
+    }
 }

@@ -1,49 +1,63 @@
 //! Writes the seed corpus of the `hub_sequence` target: byte strings that
 //! decode (the way `fuzz_target!` decodes them, with `arbitrary`) to the
-//! operation sequences below. Each is checked by decoding it back.
+//! setups and operation sequences below. Each is checked by decoding it
+//! back and by running it through the harness.
 //!
 //!     cd fuzz && cargo run --example hub_seeds
 //!
-//! Re-run it when `roomcast_core::testing::Op` changes shape: the encoding
-//! follows the order of its variants and fields.
+//! Re-run it when `roomcast_core::testing::Op` or `Setup` changes shape:
+//! the encoding follows the order of their variants and fields.
 
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
-use roomcast_core::testing::{Harness, Op};
+use roomcast_core::testing::{Harness, Op, Setup};
 
 /// Number of variants of `Op`.
-const VARIANTS: u64 = 19;
+const VARIANTS: u64 = 22;
 
 fn variant(op: &Op) -> u64 {
     match op {
-        Op::Open => 0,
-        Op::Close(..) => 1,
-        Op::Subscribe(..) => 2,
-        Op::Unsubscribe(..) => 3,
-        Op::Send(..) => 4,
-        Op::BadFrame(..) => 5,
-        Op::Binary(..) => 6,
-        Op::TooLarge(..) => 7,
+        Op::Open(..) => 0,
+        Op::Subscribe(..) => 1,
+        Op::Unsubscribe(..) => 2,
+        Op::Send(..) => 3,
+        Op::Bad(..) => 4,
+        Op::Pong(..) => 5,
+        Op::Drain(..) => 6,
+        Op::End(..) => 7,
         Op::OutboundFull(..) => 8,
-        Op::Drain(..) => 9,
-        Op::BrokerMessage(..) => 10,
-        Op::BrokerJunk(..) => 11,
-        Op::BrokerConnected(..) => 12,
-        Op::BrokerDisconnected(..) => 13,
-        Op::BrokerPong => 14,
-        Op::Advance(..) => 15,
-        Op::Shutdown => 16,
-        Op::NotUtf8(..) => 17,
-        Op::ProtocolError(..) => 18,
+        Op::Http(..) => 9,
+        Op::AcceptFailed => 10,
+        Op::BrokerPoll => 11,
+        Op::BrokerStep(..) => 12,
+        Op::Deliver => 13,
+        Op::BrokerRun => 14,
+        Op::External(..) => 15,
+        Op::Stray(..) => 16,
+        Op::SubscriberLost => 17,
+        Op::Stale(..) => 18,
+        Op::Advance(..) => 19,
+        Op::Late(..) => 20,
+        Op::Shutdown => 21,
     }
 }
 
-/// The inverse of `arbitrary`'s decoding of `Vec<Op>` from the rest of the
-/// input: per element a "more" byte (odd), the variant as a u32 scaled onto
-/// the variant count, then the fields in order (little-endian integers).
-fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// The inverse of `arbitrary`'s decoding of `(Setup, Vec<Op>)`: the setup's
+/// fields (a byte per `bool`), then per element a "more" byte (odd), the
+/// variant as a u32 scaled onto the variant count, then the fields in order
+/// (little-endian integers); a zero byte ends the list.
+fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
+    let Setup {
+        local,
+        rate_limit,
+        no_keepalive,
+    } = setup;
+    let mut out = vec![
+        u8::from(local),
+        u8::from(rate_limit),
+        u8::from(no_keepalive),
+    ];
     for op in ops {
         out.push(1);
         let v = variant(op);
@@ -52,63 +66,103 @@ fn encode(ops: &[Op]) -> Vec<u8> {
         let x = (v << 32).div_ceil(VARIANTS);
         out.extend_from_slice(&(x as u32).to_le_bytes());
         match *op {
-            Op::Open | Op::BrokerPong | Op::Shutdown => {}
-            Op::Close(a)
-            | Op::Binary(a)
-            | Op::TooLarge(a)
-            | Op::NotUtf8(a)
-            | Op::ProtocolError(a)
-            | Op::OutboundFull(a)
-            | Op::Drain(a)
-            | Op::BrokerJunk(a) => out.push(a),
+            Op::AcceptFailed
+            | Op::BrokerPoll
+            | Op::Deliver
+            | Op::BrokerRun
+            | Op::SubscriberLost
+            | Op::Shutdown => {}
+            Op::Open(b) | Op::BrokerStep(b) => out.push(u8::from(b)),
+            Op::Pong(a) | Op::Drain(a) | Op::OutboundFull(a) | Op::Http(a) | Op::Stale(a) => {
+                out.push(a)
+            }
+            Op::End(a, b) => out.extend([a, u8::from(b)]),
             Op::Subscribe(a, b)
             | Op::Unsubscribe(a, b)
-            | Op::BadFrame(a, b)
-            | Op::BrokerMessage(a, b) => out.extend([a, b]),
+            | Op::Bad(a, b)
+            | Op::External(a, b)
+            | Op::Stray(a, b) => out.extend([a, b]),
             Op::Send(a, b, c) => out.extend([a, b, c]),
-            Op::BrokerConnected(s) | Op::BrokerDisconnected(s) => out.push(u8::from(s)),
-            Op::Advance(ms) => out.extend(ms.to_le_bytes()),
+            Op::Advance(ms) | Op::Late(ms) => out.extend(ms.to_le_bytes()),
         }
     }
     out.push(0);
     out
 }
 
-fn sequences() -> Vec<(&'static str, Vec<Op>)> {
+fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
     use Op::*;
+    let remote = Setup::REMOTE;
+    let local = Setup::LOCAL;
     let mut seqs = vec![
         (
             "chat",
+            remote,
             vec![
-                Open,
-                Open,
-                BrokerConnected(false),
+                Open(false),
+                Open(false),
                 Subscribe(0, 0),
                 Subscribe(1, 0),
+                BrokerRun,
                 Send(0, 0, 0),
-                BrokerMessage(0, 0),
-                BrokerMessage(0, 2),
+                Send(1, 0, 5),
+                BrokerRun,
+                External(0, 2),
+                External(0, 3),
+                BrokerRun,
                 Drain(0),
                 Drain(1),
                 Subscribe(1, 3),
-                Send(1, 3, 1),
-                BrokerMessage(3, 1),
+                Send(1, 3, 7),
                 Unsubscribe(0, 0),
                 Unsubscribe(0, 0),
-                BrokerMessage(0, 0),
+                BrokerRun,
                 Drain(0),
                 Drain(1),
-                Close(1),
-                Advance(150),
-                BrokerPong,
-                Advance(200),
+                End(1, true),
+                Advance(60),
+                BrokerRun,
+                Advance(60),
+                BrokerRun,
+                Http(0),
+                Http(2),
+            ],
+        ),
+        (
+            "local",
+            local,
+            vec![
+                Open(false),
+                Open(false),
+                Open(false),
+                Subscribe(0, 1),
+                Subscribe(1, 1),
+                Send(0, 1, 4),
+                Send(0, 1, 4),
+                Drain(0),
+                Send(2, 1, 0),
+                External(1, 1),
+                External(1, 10),
+                External(1, 9),
+                Drain(1),
+                BrokerPoll,
+                Advance(299),
+                Advance(1),
+                Drain(2),
+                Pong(2),
+                Advance(250),
+                Drain(0),
+                Shutdown,
+                Drain(2),
+                End(0, false),
             ],
         ),
         (
             "outage",
+            remote,
             vec![
-                Open,
-                Open,
+                Open(false),
+                Open(false),
                 Subscribe(0, 1),
                 Subscribe(1, 2),
                 Send(0, 1, 0),
@@ -116,102 +170,112 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
                 Send(1, 2, 2),
                 Send(1, 2, 3),
                 Send(0, 1, 4),
-                Send(0, 1, 0),
-                BrokerConnected(true),
-                BrokerConnected(false),
-                Send(0, 1, 0),
-                BrokerDisconnected(true),
-                BrokerDisconnected(false),
+                BrokerPoll,
+                Stale(0),
+                BrokerStep(true),
+                BrokerPoll,
+                BrokerStep(true),
+                BrokerStep(true),
+                Deliver,
+                BrokerPoll,
+                BrokerStep(false),
                 Send(1, 2, 1),
                 Advance(5),
                 Advance(30),
-                BrokerConnected(false),
+                BrokerRun,
+                SubscriberLost,
                 Unsubscribe(1, 2),
-                BrokerDisconnected(false),
                 Advance(250),
-                Advance(400),
-                BrokerConnected(false),
+                BrokerRun,
+                Late(400),
+                BrokerRun,
+            ],
+        ),
+        (
+            "paused",
+            remote,
+            vec![
+                Open(false),
+                Subscribe(0, 0),
+                Send(0, 0, 0),
+                BrokerPoll,
+                BrokerStep(true),
+                BrokerPoll,
+                BrokerStep(true),
+                BrokerStep(true),
+                Advance(150),
+                Advance(20),
+                BrokerPoll,
+                BrokerStep(true),
+                BrokerPoll,
+                BrokerStep(true),
+                Advance(150),
+                BrokerStep(false),
+                Advance(50),
+                BrokerRun,
+                Advance(100),
             ],
         ),
         (
             "limits",
+            Setup {
+                rate_limit: true,
+                ..Setup::LOCAL
+            },
             vec![
-                BrokerConnected(false),
-                Open,
+                Open(false),
                 Subscribe(0, 0),
                 Subscribe(0, 1),
                 Subscribe(0, 2),
                 Subscribe(0, 2),
                 Subscribe(0, 3),
-                Drain(0),
-                Open,
+                Open(false),
                 Subscribe(1, 4),
-                BrokerMessage(4, 4),
-                BrokerMessage(4, 4),
-                Drain(1),
-                Open,
-                Open,
-                Open,
-                Open,
-                Open,
-                Open,
-                Open,
-                BadFrame(2, 0),
-                BadFrame(3, 1),
-                BadFrame(4, 2),
-                BadFrame(5, 3),
-                BadFrame(6, 4),
-                BadFrame(7, 5),
-                BadFrame(8, 6),
-                Binary(9),
-                TooLarge(0),
-                Open,
-                Open,
-                NotUtf8(10),
-                ProtocolError(11),
+                Send(1, 4, 4),
+                Send(1, 4, 4),
+                Send(1, 4, 0),
+                Open(false),
+                Open(false),
+                Open(false),
+                Open(false),
+                Open(false),
+                Open(false),
+                Open(false),
+                Open(false),
+                Http(1),
+                Bad(2, 0),
+                Bad(3, 8),
+                Bad(4, 10),
+                Bad(5, 12),
+                Bad(6, 13),
+                Bad(7, 16),
                 OutboundFull(1),
-                BrokerJunk(0),
+                Stray(0, 0),
+                Stray(0, 5),
+                AcceptFailed,
+                AcceptFailed,
                 Drain(2),
-                Drain(9),
-                Close(3),
-            ],
-        ),
-        (
-            "timers",
-            vec![
-                Open,
-                Subscribe(0, 0),
-                Advance(301),
-                Advance(10),
-                BrokerConnected(false),
-                Advance(100),
-                BrokerPong,
-                Advance(100),
-                Advance(160),
-                Advance(1000),
-                BrokerConnected(false),
-                Advance(100),
-                Advance(100),
-                BrokerPong,
-                Advance(65535),
+                End(3, false),
             ],
         ),
         (
             "shutdown",
+            remote,
             vec![
-                Open,
+                Open(false),
                 Subscribe(0, 0),
-                BrokerConnected(false),
+                BrokerRun,
                 Send(0, 0, 0),
-                BrokerMessage(0, 1),
+                BrokerPoll,
                 Shutdown,
-                Open,
-                Subscribe(1, 1),
-                Send(0, 0, 0),
+                Open(true),
+                Open(false),
+                BrokerStep(true),
+                BrokerPoll,
+                BrokerPoll,
                 Drain(0),
                 Drain(1),
-                BrokerDisconnected(false),
-                Advance(1000),
+                Http(0),
                 Shutdown,
             ],
         ),
@@ -227,43 +291,52 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
     let mut long = Vec::new();
     for _ in 0..300 {
         let r = next();
-        let (a, b, c) = ((r >> 8) as u8 % 4, (r >> 16) as u8, (r >> 24) as u8);
-        long.push(match r % 20 {
-            0..=2 => Open,
-            3 => Close(a),
-            4..=6 => Subscribe(a, b),
-            7 => Unsubscribe(a, b),
-            8..=9 => Send(a, b, c),
-            10 => BadFrame(a, b),
-            11 => Drain(a),
-            12..=13 => BrokerMessage(b, c),
-            14 => BrokerConnected(false),
-            15 => BrokerDisconnected(r & (1 << 40) != 0),
-            16 => BrokerPong,
-            17..=18 => Advance(((r >> 32) % 400) as u16),
+        let (a, b, c) = ((r >> 8) as u8 % 4, (r >> 16) as u8 % 3, (r >> 24) as u8);
+        long.push(match r % 24 {
+            0..=1 => Open(r & (1 << 40) == 0),
+            2..=4 => Subscribe(a, b),
+            5 => Unsubscribe(a, b),
+            6..=7 => Send(a, b, c),
+            8 => Bad(a, c),
+            9 => Drain(a),
+            10 => End(a, c & 1 == 0),
+            11..=12 => BrokerRun,
+            13 => BrokerPoll,
+            14 => BrokerStep(c % 5 != 0),
+            15 => Deliver,
+            16 => External(b, c),
+            17 => SubscriberLost,
+            18..=19 => Advance(((r >> 32) % 60) as u16),
+            20 => Pong(a),
+            21 => Stale(c),
+            22 => Late(((r >> 32) % 400) as u16),
             _ => OutboundFull(a),
         });
     }
-    seqs.push(("mixed", long));
+    seqs.push(("mixed", remote, long.clone()));
+    seqs.push(("mixed_local", local, long));
     seqs
 }
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/hub_sequence");
+    if dir.exists() {
+        // Seeds of an older shape decode to other sequences: start afresh.
+        std::fs::remove_dir_all(&dir).expect("remove old seeds");
+    }
     std::fs::create_dir_all(&dir).expect("create seeds dir");
-    for (name, ops) in sequences() {
-        let bytes = encode(&ops);
-        let decoded =
-            Vec::<Op>::arbitrary_take_rest(Unstructured::new(&bytes)).expect("seed decodes");
+    for (name, setup, ops) in sequences() {
+        let bytes = encode(setup, &ops);
+        let decoded = <(Setup, Vec<Op>)>::arbitrary_take_rest(Unstructured::new(&bytes))
+            .expect("seed decodes");
         assert_eq!(
-            decoded, ops,
+            decoded,
+            (setup, ops.clone()),
             "{name}: encoding does not match arbitrary's decoding"
         );
         // Each seed must run clean against the model.
-        let mut harness = Harness::default();
-        for op in &ops {
-            harness.apply(*op);
-        }
+        let mut harness = Harness::new(setup);
+        harness.run(&ops);
         let path = dir.join(format!("{name}.bin"));
         std::fs::write(&path, &bytes).expect("write seed");
         println!(

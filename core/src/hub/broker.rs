@@ -316,7 +316,9 @@ impl Broker {
 
     /// A room gained its first local member.
     pub fn room_added(&mut self, channel: &str) {
-        if !self.link_open() {
+        // A room may carry the probe channel's name: the probe channel is
+        // subscribed anyway, and stays so when that room empties.
+        if !self.link_open() || channel == self.probe_channel {
             return;
         }
         if self.sent.contains(channel) {
@@ -328,7 +330,7 @@ impl Broker {
 
     /// A room lost its last local member.
     pub fn room_removed(&mut self, channel: &str) {
-        if !self.link_open() {
+        if !self.link_open() || channel == self.probe_channel {
             return;
         }
         if self.sent.contains(channel) {
@@ -361,11 +363,16 @@ impl Broker {
         }
     }
 
-    /// Redis confirmed `n` publishes of this session.
-    pub fn published(&mut self, session: Session, n: usize) {
-        if session == self.session {
-            self.counters.published += n as u64;
-        }
+    /// Redis confirmed `n` publishes (of this or an older session: they
+    /// count either way).
+    pub fn published(&mut self, _session: Session, n: usize) {
+        self.counters.published += n as u64;
+    }
+
+    /// Publishes the runtime could not send for lack of a link (they were
+    /// queued for one that is gone): held again, in order.
+    pub fn unsent(&mut self, unsent: Vec<(String, Bytes)>) {
+        self.hold_front(unsent, self.is_up());
     }
 
     // ----- link events -----
@@ -402,7 +409,12 @@ impl Broker {
         }
     }
 
-    /// A broker message arrived on the probe channel.
+    /// Whether a payload is one of the node's probes.
+    pub fn is_probe(payload: &[u8]) -> bool {
+        payload.starts_with(b"probe:")
+    }
+
+    /// A probe came back on the probe channel.
     pub fn probe_echo(&mut self, payload: &[u8], now: Duration) {
         let Some((seq, _)) = self.probe_sent else {
             return;
@@ -447,11 +459,14 @@ impl Broker {
         unsent: Vec<(String, Bytes)>,
         now: Duration,
     ) {
+        // Counted and held even when a newer session reports late: those
+        // publishes were real.
+        self.counters.unknown += unknown as u64;
         if session != self.session {
+            self.unsent(unsent);
             return;
         }
-        self.counters.unknown += unknown as u64;
-        self.hold_again(unsent);
+        self.hold_front(unsent, false);
         if matches!(
             self.state,
             BrokerState::Connecting { .. } | BrokerState::Verifying { .. } | BrokerState::Up { .. }
@@ -532,7 +547,26 @@ impl Broker {
         self.probe_due = true;
     }
 
-    fn hold_again(&mut self, unsent: Vec<(String, Bytes)>) {
+    /// Puts publishes that were never sent back in front, in order: into
+    /// the queue of the live link (`to_queue`), or into the buffer, with
+    /// what was queued for a link that is failing.
+    ///
+    /// After shutdown there is no link to come: they are dropped and
+    /// counted. Either bound keeps the newest and counts the rest.
+    fn hold_front(&mut self, unsent: Vec<(String, Bytes)>, to_queue: bool) {
+        if self.state == BrokerState::Stopped {
+            self.counters.buffer_dropped += (unsent.len() + self.queue.len()) as u64;
+            self.queue.clear();
+            return;
+        }
+        if to_queue {
+            let mut all = unsent;
+            all.append(&mut self.queue);
+            let excess = all.len().saturating_sub(self.publish_buffer);
+            self.counters.queue_dropped += excess as u64;
+            self.queue = all.split_off(excess);
+            return;
+        }
         let mut unsent = unsent;
         unsent.append(&mut self.queue);
         for p in unsent.into_iter().rev() {
@@ -555,8 +589,7 @@ impl Broker {
     fn fail(&mut self, now: Duration) {
         self.counters.failures += 1;
         // Publishes queued for the failed link were never taken: hold them.
-        let queued = std::mem::take(&mut self.queue);
-        self.hold_again(queued);
+        self.hold_front(Vec::new(), false);
         self.sent.clear();
         self.dirty.clear();
         self.probe_sent = None;
@@ -713,6 +746,15 @@ mod tests {
     }
 
     #[test]
+    fn a_room_named_like_the_probe_channel_does_not_unsubscribe_it() {
+        let mut b = broker();
+        up(&mut b, &[]);
+        b.room_added("probe");
+        b.room_removed("probe");
+        assert!(b.poll().is_empty(), "the probe channel stays subscribed");
+    }
+
+    #[test]
     fn a_busy_subscriber_link_is_not_declared_dead() {
         let mut b = broker();
         up(&mut b, &[]);
@@ -778,6 +820,33 @@ mod tests {
                 ("r".into(), "unsent".into()),
                 ("r".into(), "later".into())
             ])]
+        );
+    }
+
+    #[test]
+    fn a_late_report_of_an_older_session_still_counts_and_holds() {
+        let mut b = broker();
+        up(&mut b, &[]);
+        b.publish("r".into(), "a".into());
+        let _ = b.poll();
+        // The link fails, a new one comes up, then the old batch's failure
+        // is reported.
+        b.disconnected(Session(1), 0, Vec::new(), Duration::ZERO);
+        let retry = b.deadline().unwrap();
+        b.timeout(retry);
+        let Some(BrokerOp::Connect(s)) = b.poll().last().cloned() else {
+            panic!()
+        };
+        b.connected(s, std::iter::empty(), retry);
+        let Some(BrokerOp::Probe { payload, .. }) = b.poll().last().cloned() else {
+            panic!()
+        };
+        b.probe_echo(&payload, retry);
+        b.disconnected(Session(1), 1, vec![("r".into(), "b".into())], retry);
+        assert_eq!(b.counters().unknown, 1);
+        assert_eq!(
+            b.poll(),
+            vec![BrokerOp::Publish(vec![("r".into(), "b".into())])]
         );
     }
 

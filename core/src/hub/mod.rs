@@ -108,7 +108,10 @@ pub struct Hub<M> {
     next_conn: u64,
     conns: ConnMap<Conn<M>>,
     rooms: Vec<Option<Room<M>>>,
-    free_rooms: Vec<u32>,
+    /// Free room slots, lowest first, so that live rooms gather at the
+    /// start and the end can be given back. May hold slots past the end
+    /// (dropped when popped).
+    free_rooms: std::collections::BinaryHeap<std::cmp::Reverse<u32>>,
     room_index: HashMap<Box<str>, u32>,
     memberships: usize,
     broker: Broker,
@@ -125,7 +128,7 @@ impl<M: Clone> Hub<M> {
             next_conn: 1,
             conns: ConnMap::default(),
             rooms: Vec::new(),
-            free_rooms: Vec::new(),
+            free_rooms: std::collections::BinaryHeap::new(),
             room_index: HashMap::new(),
             memberships: 0,
             stopped: false,
@@ -164,7 +167,7 @@ impl<M: Clone> Hub<M> {
             connections: self.conns.len(),
             rooms: self.room_index.len(),
             memberships: self.memberships,
-            room_slots_in_use: self.rooms.len() - self.free_rooms.len(),
+            room_slots_in_use: self.rooms.iter().filter(|r| r.is_some()).count(),
         }
     }
 
@@ -348,7 +351,10 @@ impl<M: Clone> Hub<M> {
         };
         let channel = self.channel(name);
         self.broker.room_added(&channel);
-        let slot = match self.free_rooms.pop() {
+        let free = std::iter::from_fn(|| self.free_rooms.pop())
+            .map(|std::cmp::Reverse(s)| s)
+            .find(|&s| (s as usize) < self.rooms.len());
+        let slot = match free {
             Some(slot) => {
                 self.rooms[slot as usize] = Some(room);
                 slot
@@ -376,7 +382,7 @@ impl<M: Clone> Hub<M> {
         }
         if self.room(slot).members.is_empty() {
             let room = self.rooms[slot as usize].take().expect("live slot");
-            self.free_rooms.push(slot);
+            self.free_rooms.push(std::cmp::Reverse(slot));
             self.room_index.remove(&room.name);
             let channel = self.channel(&room.name);
             self.broker.room_removed(&channel);
@@ -391,18 +397,18 @@ impl<M: Clone> Hub<M> {
         {
             self.room_index.shrink_to_fit();
         }
-        // Trailing free slots can go (only when there are some: this runs on
-        // every room removal, under the hub's lock).
-        if self.rooms.len() > 1024
-            && self.free_rooms.len() > self.rooms.len() / 2
-            && matches!(self.rooms.last(), Some(None))
-        {
-            while matches!(self.rooms.last(), Some(None)) {
-                self.rooms.pop();
-            }
-            let len = self.rooms.len() as u32;
-            self.free_rooms.retain(|&s| s < len);
+        // Trailing free slots go at once (each slot is popped once per
+        // use, so this is O(1) amortized); their entries in the free heap
+        // are dropped when they come up.
+        while matches!(self.rooms.last(), Some(None)) {
+            self.rooms.pop();
+        }
+        if self.rooms.capacity() > 1024 && self.rooms.len() < self.rooms.capacity() / 4 {
             self.rooms.shrink_to_fit();
+        }
+        if self.free_rooms.len() > 1024 && self.free_rooms.len() > 2 * self.rooms.len() {
+            let len = self.rooms.len() as u32;
+            self.free_rooms.retain(|&std::cmp::Reverse(s)| s < len);
             self.free_rooms.shrink_to_fit();
         }
     }

@@ -165,7 +165,7 @@ impl ProtocolSession {
 }
 
 /// The labels of the Centrifugo protocol's bad frames and commands.
-const CF_LABELS: [&str; 17] = {
+pub const CF_LABELS: [&str; 17] = {
     let mut all = [""; 17];
     let (f, c) = (
         crate::codec::centrifugo::FrameError::LABELS,
@@ -477,6 +477,10 @@ impl Node {
     /// The connection's deadline passed (calling early is harmless).
     pub fn conn_timeout(&self, conn: &Conn, now: Duration) {
         let peer = &conn.0;
+        // A connection already closing is left to its close.
+        if lock(&peer.outbox).is_closing() {
+            return;
+        }
         let mut session = lock(&peer.session);
         match &mut *session {
             ProtocolSession::Seed(s) => s.timeout(self, peer, now),
@@ -734,7 +738,9 @@ impl Node {
         wakes: &mut Vec<Waker>,
     ) -> Taken {
         add(&self.stats.broker_messages, 1);
-        if self.probe_channel.as_bytes() == channel {
+        // A room may carry the probe channel's name; its messages are
+        // delivered, the probes (which are no room's payload) are not.
+        if self.probe_channel.as_bytes() == channel && crate::hub::Broker::is_probe(payload) {
             self.with(|s| {
                 let now = s.now;
                 s.hub.broker_mut().probe_echo(payload, now);
@@ -808,6 +814,12 @@ impl Node {
             s.now = s.now.max(now);
             s.hub.broker_mut().progress(session, now);
         });
+    }
+
+    /// Publishes the runtime could not send: there was no link (it failed
+    /// before their turn). They are held again, in order.
+    pub fn broker_unsent(&self, unsent: Vec<(String, Bytes)>) {
+        self.with(|s| s.hub.broker_mut().unsent(unsent));
     }
 
     /// Redis confirmed `n` publishes of `session`.
