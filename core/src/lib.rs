@@ -21,6 +21,8 @@
 //!
 //! [`metrics`] renders plain numbers; [`config`] holds every setting and
 //! [`cli`] (feature `cli`) the flags both binaries share.
+//! [`auth`] decides, purely, who may connect and use which room: tokens
+//! (JWT), namespaces and permissions, the upgrade's `Origin`.
 //!
 //! ## Driving contract
 //!
@@ -32,6 +34,7 @@
 //! node does not know (closed connections, stale broker sessions) are
 //! ignored, so late events are safe.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod hub;
