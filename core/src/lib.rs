@@ -20,7 +20,10 @@
 //!    task of a runtime (`Node: Sync`).
 //!
 //! [`metrics`] renders plain numbers; [`config`] holds every setting and
-//! [`cli`] (feature `cli`) the flags both binaries share.
+//! [`cli`] (feature `cli`) the flags both binaries share; [`settings`]
+//! parses the configuration file (`roomcast.toml`) from its text.
+//! [`auth`] decides, purely, who may connect and use which room: tokens
+//! (JWT), namespaces and permissions, the upgrade's `Origin`.
 //!
 //! ## Driving contract
 //!
@@ -32,11 +35,13 @@
 //! node does not know (closed connections, stale broker sessions) are
 //! ignored, so late events are safe.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod settings;
 
 #[cfg(feature = "cli")]
 pub mod cli;
