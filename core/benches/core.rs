@@ -66,7 +66,7 @@ fn members(node: &Node, room: &str, n: usize) -> Vec<Conn> {
     let sub = format!(r#"{{"type":"SUBSCRIBE","room":"{room}"}}"#);
     (0..n)
         .map(|_| {
-            let c = node.open(ClientProtocol::Seed, T0);
+            let c = node.open(ClientProtocol::Seed, None, T0);
             assert!(node.frame(&c, Inbound::Text(sub.as_bytes()), T0));
             c
         })

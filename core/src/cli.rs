@@ -126,6 +126,45 @@ pub struct Cli {
     /// Do not serve the chat page at GET /.
     #[arg(long, env = "ROOMCAST_NO_CHAT_PAGE")]
     pub no_chat_page: bool,
+
+    /// A roomcast.toml: every scalar flag (as `flag_name = …`), the token
+    /// keys, allowed origins and the namespaces with their permissions.
+    /// Flags given on the command line or in the environment win.
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    pub config: Option<String>,
+
+    /// HMAC secret for HS256/384/512 tokens (prefer --token-hmac-secret-file:
+    /// command lines are visible to other users of the machine).
+    #[arg(long, env = "ROOMCAST_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    pub token_hmac_secret: Option<String>,
+
+    /// A file holding the HMAC secret (trailing newline ignored).
+    #[arg(long, env = "ROOMCAST_TOKEN_HMAC_SECRET_FILE")]
+    pub token_hmac_secret_file: Option<String>,
+
+    /// A PEM public key (RSA, or EC P-256 / P-384) for RS256/384/512 and
+    /// ES256/384 tokens.
+    #[arg(long, env = "ROOMCAST_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<String>,
+
+    /// Required `aud` of tokens (checked only when set).
+    #[arg(long, env = "ROOMCAST_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Required `iss` of tokens (checked only when set).
+    #[arg(long, env = "ROOMCAST_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// After a connection token expires, time given to refresh it before
+    /// the connection is closed 3005 "connection expired".
+    #[arg(long, env = "ROOMCAST_TOKEN_EXPIRE_GRACE", value_parser = parse_duration)]
+    pub token_expire_grace: Option<Duration>,
+
+    /// Origins allowed to open a WebSocket (glob patterns, comma-separated,
+    /// e.g. https://*.example.com; * allows every origin). Without it, an
+    /// Origin must match the Host the request came to.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Cli {
@@ -189,6 +228,7 @@ impl Cli {
                 pong_timeout: self.client_pong_timeout,
                 connect_timeout: self.client_connect_timeout,
             },
+            wall_origin: 0,
         }
     }
 
@@ -229,7 +269,16 @@ impl Cli {
         } else {
             format!("; chat page at http://{listen}/")
         };
-        format!("roomcast listening on ws://{listen} using {broker}{page}")
+        let mode = if self.config.is_none()
+            && self.token_hmac_secret.is_none()
+            && self.token_hmac_secret_file.is_none()
+            && self.token_public_key.is_none()
+        {
+            "; OPEN MODE: no token key and no config, so anyone who can reach this port connects anonymously and may join and publish in every room"
+        } else {
+            ""
+        };
+        format!("roomcast listening on ws://{listen} using {broker}{page}{mode}")
     }
 }
 

@@ -146,6 +146,9 @@ pub struct NodeConfig {
     /// This node's name in the fleet (its probe channel, its clients' ids).
     pub node_id: String,
     pub timers: ClientTimers,
+    /// Wall-clock time (seconds since the Unix epoch) at the node's time
+    /// zero: token expiry is wall-clock, the node's clock is not.
+    pub wall_origin: u64,
 }
 
 impl Default for NodeConfig {
@@ -159,6 +162,7 @@ impl Default for NodeConfig {
             operator_reserve: 32,
             node_id: "node".into(),
             timers: ClientTimers::default(),
+            wall_origin: 0,
         }
     }
 }

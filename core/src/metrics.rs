@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub broker_payloads_too_large: u64,
     pub rate_limited: u64,
     pub no_pong_closes: u64,
+    pub origin_refused: u64,
+    pub auth_refused: u64,
     /// Connections closed for bad input, by reason label.
     pub bad_frames: Vec<(&'static str, u64)>,
     /// Centrifugo-protocol frames and commands refused, by reason label.
@@ -46,7 +48,19 @@ pub fn render(s: &Snapshot) -> String {
         );
     };
     let b = &s.broker;
-    let rows: [(&str, &str, &str, u64); 27] = [
+    let rows: [(&str, &str, &str, u64); 29] = [
+        (
+            "roomcast_origin_refused_total",
+            "counter",
+            "WebSocket upgrades refused (403) for an Origin not allowed.",
+            s.origin_refused,
+        ),
+        (
+            "roomcast_auth_refused_total",
+            "counter",
+            "Connections refused for a missing, invalid or expired token (upgrades refused 401, Centrifugo connects refused).",
+            s.auth_refused,
+        ),
         (
             "roomcast_connections",
             "gauge",

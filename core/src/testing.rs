@@ -438,6 +438,7 @@ impl Setup {
                 ws_pong_timeout: 200 * MS,
                 ..ClientTimers::default()
             },
+            wall_origin: 0,
         }
     }
 }
@@ -1404,6 +1405,8 @@ impl Model {
                 .map(|l| (*l, self.bad_frames.get(l).copied().unwrap_or(0)))
                 .collect(),
             cf_bad_commands: crate::node::CF_LABELS.iter().map(|l| (*l, 0)).collect(),
+            origin_refused: 0,
+            auth_refused: 0,
             handshake_failures: self.handshake_failures,
             rejected_connections: self.rejected,
             http_requests: self.http_requests,
@@ -1777,7 +1780,7 @@ impl Harness {
         };
         if !raced {
             let admitted = Self::read_head(admitted, UPGRADE);
-            let reply = self.node.answer(admitted);
+            let reply = self.node.answer(admitted, self.now);
             if full || self.model.stopped {
                 self.model.rejected += 1;
                 let body: &[u8] = if full {
@@ -1798,11 +1801,12 @@ impl Harness {
                     response,
                     rest,
                     protocol: ClientProtocol::Seed,
+                    ..
                 } if response.starts_with(b"HTTP/1.1 101 ") && rest.is_empty() => {}
                 other => panic!("k: the upgrade: {other:?}"),
             }
         }
-        let conn = self.node.open(ClientProtocol::Seed, self.now);
+        let conn = self.node.open(ClientProtocol::Seed, None, self.now);
         let m = &mut self.model;
         m.connections_opened += 1;
         let id = if m.stopped {
@@ -1844,7 +1848,7 @@ impl Harness {
             return;
         };
         let admitted = Self::read_head(admitted, request);
-        let reply = self.node.answer(admitted);
+        let reply = self.node.answer(admitted, self.now);
         let status = |r: &[u8]| {
             std::str::from_utf8(&r[9..12])
                 .ok()

@@ -107,9 +107,9 @@ proptest! {
         let _ = roomcast_core::http::route(&bytes, true);
         for mode in [BrokerMode::Local, BrokerMode::Remote] {
             let node = Node::new(NodeConfig { mode, ..NodeConfig::default() }, Duration::ZERO);
-            let member = node.open(ClientProtocol::Seed, Duration::ZERO);
+            let member = node.open(ClientProtocol::Seed, None, Duration::ZERO);
             node.frame(&member, Inbound::Text(br#"{"type":"SUBSCRIBE","room":"r"}"#), Duration::ZERO);
-            let conn = node.open(ClientProtocol::Seed, Duration::ZERO);
+            let conn = node.open(ClientProtocol::Seed, None, Duration::ZERO);
             node.frame(&conn, Inbound::Text(&bytes), Duration::ZERO);
             node.broker_message(&bytes, &bytes);
             node.broker_message(b"r", &bytes);

@@ -553,7 +553,10 @@ fn flag_keys_match_the_command_line() {
     let mut from_cli = Vec::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        if ["help", "version", "config"].contains(&id) || AUTH_KEYS.contains(&id) {
+        // (`token_hmac_secret_file` is a command-line way to give `token_hmac_secret`.)
+        if ["help", "version", "config", "token_hmac_secret_file"].contains(&id)
+            || AUTH_KEYS.contains(&id)
+        {
             continue;
         }
         from_cli.push(id.to_string());

@@ -26,7 +26,9 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt, AsyncWriteExt, FutureExt, SinkExt, StreamExt};
+use roomcast_core::auth::{Auth, Pattern};
 use roomcast_core::node::{Admitted, Taken};
+use roomcast_core::settings::{self, Settings};
 use roomcast_core::{
     ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerOp, ClientProtocol, Finish, Inbound,
     Node, Outgoing, Reply, Session,
@@ -167,11 +169,93 @@ struct Shared<R: Runtime> {
 }
 
 /// Checks the flags and opens what must open before serving: the Redis URL
-/// (redis-rs's parser) and the limits' consistency.
+/// (redis-rs's parser), the limits' consistency, the config file's auth
+/// part and the token keys.
 pub fn check(cli: &Cli) -> io::Result<Option<redis::Client>> {
     cli.check()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    load_auth(cli)?;
     redis_client(cli)
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+/// Who may connect, join and publish: the config file's auth settings
+/// (`--config`), overridden by the flags; key files read here.
+pub fn load_auth(cli: &Cli) -> io::Result<Arc<Auth>> {
+    let settings = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(format!("{path}: cannot read the config file: {e}")))?;
+            settings::parse(path, &text).map_err(invalid)?
+        }
+        None => Settings::empty(""),
+    };
+    let mut settings = settings;
+    let base = cli
+        .config
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
+    let a = &mut settings.auth;
+    // A relative key path in the file is relative to the file.
+    if let (Some(key), Some(dir)) = (&a.token_public_key, &base)
+        && std::path::Path::new(key).is_relative()
+    {
+        a.token_public_key = Some(dir.join(key).to_string_lossy().into_owned());
+    }
+    if let Some(secret) = &cli.token_hmac_secret {
+        a.token_hmac_secret = Some(secret.clone());
+    }
+    if let Some(file) = &cli.token_hmac_secret_file {
+        let secret = std::fs::read_to_string(file)
+            .map_err(|e| invalid(format!("--token-hmac-secret-file {file}: {e}")))?;
+        a.token_hmac_secret = Some(secret.trim_end_matches(['\r', '\n']).to_string());
+    }
+    if let Some(key) = &cli.token_public_key {
+        a.token_public_key = Some(key.clone());
+    }
+    if let Some(aud) = &cli.token_audience {
+        a.token_audience = Some(aud.clone());
+    }
+    if let Some(iss) = &cli.token_issuer {
+        a.token_issuer = Some(iss.clone());
+    }
+    if let Some(grace) = cli.token_expire_grace {
+        a.token_expire_grace = grace;
+    }
+    if !cli.allowed_origins.is_empty() {
+        a.allowed_origins = cli
+            .allowed_origins
+            .iter()
+            .map(|p| Pattern::new(p.trim()))
+            .collect();
+    }
+    let key_path = a.token_public_key.clone();
+    let pem = match &key_path {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            if cli.token_public_key.is_some() {
+                invalid(format!("--token-public-key {path}: {e}"))
+            } else {
+                invalid(settings.unreadable_public_key(&e))
+            }
+        })?),
+        None => None,
+    };
+    let auth = match &cli.config {
+        Some(_) => settings.build_auth(pem.as_deref()).map_err(invalid)?,
+        None => Auth::new(&settings.auth, pem.as_deref())
+            .map_err(|e| invalid(format!("token keys: {e}")))?,
+    };
+    Ok(Arc::new(auth))
+}
+
+/// Seconds since the Unix epoch now: the node's wall-clock origin.
+fn wall_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every client
@@ -191,9 +275,17 @@ pub async fn serve<R: Runtime>(
         &std::collections::hash_map::RandomState::new(),
         (std::process::id(), rt.now()),
     );
-    let cfg = cli.node_config(open_files_limit(), seed);
+    let mut cfg = cli.node_config(open_files_limit(), seed);
+    let auth = load_auth(&cli)?;
+    let now = rt.now();
+    cfg.wall_origin = wall_clock().saturating_sub(now.as_secs());
+    if auth.is_open() && cli.config.is_some() {
+        info!("open mode: the config file sets no token key and no namespace");
+    } else if !auth.is_open() {
+        info!("auth configured: default deny, the namespaces grant");
+    }
     let shared = Arc::new(Shared {
-        node: Node::new(cfg, rt.now()),
+        node: Node::with_auth(cfg, auth, now),
         ws_config: ws_config(&cli),
         cli,
         rt: rt.clone(),
@@ -281,11 +373,12 @@ async fn handle_socket<R: Runtime>(
         }
     };
     let _ = until(rt, deadline, read).await;
-    match shared.node.answer(admitted) {
+    match shared.node.answer(admitted, rt.now()) {
         Reply::Upgrade {
             response,
             rest,
             protocol,
+            claims,
         } => {
             let written = until(rt, deadline, stream.write_all(&response)).await;
             drop(response);
@@ -305,7 +398,7 @@ async fn handle_socket<R: Runtime>(
             // Split here: an async fn keeps its arguments for its whole life.
             let (tx, rx) = ws.split();
             rt.spawn(async move {
-                run_connection(&guard.0, tx, rx, protocol).await;
+                run_connection(&guard.0, tx, rx, protocol, claims).await;
                 drop(guard);
             });
             return;
@@ -364,10 +457,11 @@ async fn run_connection<R: Runtime>(
     mut tx: WsSender<R>,
     mut rx: WsReceiver<R>,
     protocol: ClientProtocol,
+    claims: Option<roomcast_core::auth::ConnClaims>,
 ) {
     let node = &shared.node;
     let rt = &shared.rt;
-    let conn = node.open(protocol, rt.now());
+    let conn = node.open(protocol, claims, rt.now());
     debug!(conn = %conn.id(), "open");
     let finish = {
         let reader = pin!(async {
@@ -819,7 +913,28 @@ pub fn main(
 ) -> std::process::ExitCode {
     use clap::Parser;
     use std::process::ExitCode;
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The file's scalar keys become flags, below those given.
+    if let Some(path) = cli.config.clone() {
+        let file = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{path}: cannot read the config file: {e}"))
+            .and_then(|text| settings::parse(&path, &text).map_err(|e| e.to_string()));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match file.cli_with_file(std::env::args_os()) {
+            Ok(merged) => cli = merged,
+            Err(settings::CliFileError::Args(e)) => e.exit(),
+            Err(settings::CliFileError::File(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::limiter::{RateLimiter, Verdict};
 use super::{Inbound, Node, Peer, Publication, add, lock};
+use crate::auth::{Answer, ConnClaims, User};
 use crate::codec::centrifugo::{
     self as cf, Command, ConnectResult, Disconnect, ErrorCode, Method, Request,
 };
@@ -25,10 +26,18 @@ pub const VERSION: &str = concat!("roomcast ", env!("CARGO_PKG_VERSION"));
 pub(super) struct CfSession {
     limiter: RateLimiter,
     timers: ClientTimers,
+    wall_origin: u64,
     opened: Duration,
     client: String,
-    /// `{"user":…,"client":…}`: the publisher info of this client's publications.
+    /// The connection token's `sub` (anonymous without a token).
+    user: User,
+    /// `{"user":…,"client":…,"conn_info":…}`: the publisher info of this
+    /// client's publications.
     info: String,
+    /// The connection token's `exp` (wall-clock seconds): closed 3005 once
+    /// it has passed by the grace, unless refreshed.
+    expires_at: Option<u64>,
+    expire_grace: Duration,
     connected: bool,
     next_ping: Option<Duration>,
     pong_deadline: Option<Duration>,
@@ -37,15 +46,17 @@ pub(super) struct CfSession {
 impl CfSession {
     pub(super) fn new(cfg: &NodeConfig, id: crate::hub::ConnId, now: Duration) -> CfSession {
         let client = format!("{}-{}", cfg.node_id, id.0);
-        let mut info = String::from(r#"{"user":"","client":"#);
-        write_json_string(&client, &mut info);
-        info.push('}');
+        let info = client_info(&User::anonymous(), &client, None);
         CfSession {
             limiter: RateLimiter::new(cfg.hub.limits.max_commands_per_sec, now),
             timers: cfg.timers.clone(),
+            wall_origin: cfg.wall_origin,
             opened: now,
             client,
+            user: User::anonymous(),
             info,
+            expires_at: None,
+            expire_grace: Duration::ZERO,
             connected: false,
             next_ping: None,
             pong_deadline: None,
@@ -56,9 +67,31 @@ impl CfSession {
         if !self.connected {
             return Some(self.opened + self.timers.connect_timeout);
         }
-        match (self.next_ping, self.pong_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.next_ping, self.pong_deadline, self.expiry()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When an unrefreshed token closes the connection, on the node's clock.
+    fn expiry(&self) -> Option<Duration> {
+        self.expires_at.map(|exp| {
+            Duration::from_secs(exp.saturating_sub(self.wall_origin)) + self.expire_grace
+        })
+    }
+
+    fn wall(&self, now: Duration) -> u64 {
+        self.wall_origin + now.as_secs()
+    }
+
+    /// `expires` and `ttl` for a reply, from an `exp`.
+    fn ttl(&self, exp: Option<u64>, now: Duration) -> (bool, u32) {
+        match exp {
+            Some(exp) => (
+                true,
+                exp.saturating_sub(self.wall(now)).min(u64::from(u32::MAX)) as u32,
+            ),
+            None => (false, 0),
         }
     }
 
@@ -68,6 +101,9 @@ impl CfSession {
                 close(node, peer, Disconnect::STALE);
             }
             return;
+        }
+        if self.expiry().is_some_and(|d| now >= d) {
+            return close(node, peer, Disconnect::EXPIRED);
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
             add(&node.stats.no_pong_closes, 1);
@@ -155,17 +191,28 @@ impl CfSession {
             }
         }
         match cmd.request {
-            Request::Connect { .. } => {
+            Request::Connect { token, .. } => {
                 if self.connected {
                     return close(node, peer, Disconnect::BAD_REQUEST);
                 }
+                let claims = match node.auth.connect(token.as_deref(), self.wall(now)) {
+                    Ok(claims) => claims,
+                    Err(denied) => {
+                        add(&node.stats.auth_refused, 1);
+                        return answer(node, peer, id, denied.centrifugo());
+                    }
+                };
                 self.connected = true;
                 self.next_ping = Some(now + self.timers.ping_interval);
+                self.accept_claims(node, &claims);
+                let (expires, ttl) = self.ttl(claims.expires_at, now);
                 let reply = cf::encode_connect_reply(
                     id,
                     &ConnectResult {
                         client: &self.client,
                         version: VERSION,
+                        expires,
+                        ttl,
                         ping: self.timers.ping_interval.as_secs() as u32,
                         pong: true,
                         node: &node.cfg.node_id,
@@ -173,13 +220,47 @@ impl CfSession {
                     },
                 );
                 node.send(peer, Bytes::from(reply));
+                // The token's channels: subscribed by the server, each
+                // announced with a subscribe push.
+                for channel in &claims.channels {
+                    if node.auth.policy().decide_token_channel(channel).is_err()
+                        || crate::codec::seed::check_room(channel, &node.cfg.hub.limits).is_err()
+                    {
+                        continue;
+                    }
+                    node.join_then(peer, channel, |joined| {
+                        joined.ok().map(|_| {
+                            Bytes::from(cf::encode_subscribe_push(
+                                channel,
+                                &cf::SubscribePush::default(),
+                            ))
+                        })
+                    });
+                }
             }
-            Request::Subscribe { channel, .. } => {
-                node.join_then(peer, &channel, |joined| match joined {
-                    Ok(_) => Bytes::from(cf::encode_reply(id, Method::Subscribe, None)),
-                    Err(Refusal::AlreadyMember) => error(id, ErrorCode::ALREADY_SUBSCRIBED),
-                    Err(Refusal::TooManyRooms { .. }) => error(id, ErrorCode::LIMIT_EXCEEDED),
-                    Err(Refusal::ShuttingDown) => error(id, ErrorCode::INTERNAL),
+            Request::Subscribe { channel, token, .. } => {
+                let grant =
+                    node.auth
+                        .subscribe(&self.user, &channel, token.as_deref(), self.wall(now));
+                let grant = match grant {
+                    Ok(grant) => grant,
+                    Err(denial) => return answer(node, peer, id, denial.centrifugo()),
+                };
+                let (expires, ttl) = self.ttl(grant.expires_at, now);
+                node.join_then(peer, &channel, |joined| {
+                    Some(match joined {
+                        Ok(_) => Bytes::from(cf::encode_subscribe_reply(
+                            id,
+                            &cf::SubscribeResult {
+                                expires,
+                                ttl,
+                                ..cf::SubscribeResult::default()
+                            },
+                        )),
+                        Err(Refusal::AlreadyMember) => error(id, ErrorCode::ALREADY_SUBSCRIBED),
+                        Err(Refusal::TooManyRooms { .. }) => error(id, ErrorCode::LIMIT_EXCEEDED),
+                        Err(Refusal::ShuttingDown) => error(id, ErrorCode::INTERNAL),
+                    })
                 });
             }
             Request::Unsubscribe { channel } => {
@@ -190,6 +271,12 @@ impl CfSession {
                 );
             }
             Request::Publish { channel, data } => {
+                if !node.auth.is_open() {
+                    let member = node.is_member(peer, &channel);
+                    if let Err(denial) = node.auth.publish(&self.user, &channel, member) {
+                        return answer(node, peer, id, denial.centrifugo());
+                    }
+                }
                 node.publish(&Publication {
                     room: &channel,
                     message: message_of(data.as_str()),
@@ -200,25 +287,38 @@ impl CfSession {
                     Bytes::from(cf::encode_reply(id, Method::Publish, None)),
                 );
             }
-            Request::Refresh { .. } => {
+            Request::Refresh { token } => {
+                let claims = match node.auth.refresh(&self.user, &token, self.wall(now)) {
+                    Ok(claims) => claims,
+                    Err(denied) => return answer(node, peer, id, denied.centrifugo()),
+                };
+                self.expires_at = claims.expires_at;
+                let (expires, ttl) = self.ttl(claims.expires_at, now);
                 let reply = cf::encode_refresh_reply(
                     id,
                     &cf::RefreshResult {
                         client: &self.client,
                         version: VERSION,
-                        ..cf::RefreshResult::default()
+                        expires,
+                        ttl,
                     },
                 );
                 node.send(peer, Bytes::from(reply));
             }
-            Request::SubRefresh { channel, .. } => {
-                if node.is_member(peer, &channel) {
-                    node.send(
-                        peer,
-                        Bytes::from(cf::encode_reply(id, Method::SubRefresh, None)),
-                    );
-                } else {
-                    reply_error(node, peer, id, ErrorCode::PERMISSION_DENIED);
+            Request::SubRefresh { channel, token } => {
+                if !node.is_member(peer, &channel) {
+                    return reply_error(node, peer, id, ErrorCode::PERMISSION_DENIED);
+                }
+                match node
+                    .auth
+                    .subscribe(&self.user, &channel, Some(&token), self.wall(now))
+                {
+                    Ok(grant) => {
+                        let (expires, ttl) = self.ttl(grant.expires_at, now);
+                        let reply = cf::encode_sub_refresh_reply(id, expires, ttl);
+                        node.send(peer, Bytes::from(reply));
+                    }
+                    Err(denial) => answer(node, peer, id, denial.centrifugo()),
                 }
             }
             // Presence and history come with the issues that add them.
@@ -247,6 +347,38 @@ fn message_of(data: &str) -> Message<'_> {
         }
     }
     Message::Json(data.into())
+}
+
+impl CfSession {
+    /// Takes the connection token's identity.
+    fn accept_claims(&mut self, node: &Node, claims: &ConnClaims) {
+        self.user = claims.user();
+        self.info = client_info(&self.user, &self.client, claims.info.as_ref());
+        self.expires_at = claims.expires_at;
+        self.expire_grace = node.auth.expire_grace();
+    }
+}
+
+/// `{"user":U,"client":C[,"conn_info":I]}`: who publishes.
+fn client_info(user: &User, client: &str, conn_info: Option<&serde_json::Value>) -> String {
+    let mut info = String::from(r#"{"user":"#);
+    write_json_string(&user.id, &mut info);
+    info.push_str(r#","client":"#);
+    write_json_string(client, &mut info);
+    if let Some(v) = conn_info {
+        info.push_str(r#","conn_info":"#);
+        info.push_str(&v.to_string());
+    }
+    info.push('}');
+    info
+}
+
+/// An auth refusal in this protocol: an error reply, or a close.
+fn answer(node: &Node, peer: &Arc<Peer>, id: u32, a: Answer) {
+    match a {
+        Answer::Error(code) => reply_error(node, peer, id, code),
+        Answer::Close(d) => close(node, peer, d),
+    }
 }
 
 fn error(id: u32, code: ErrorCode) -> Bytes {

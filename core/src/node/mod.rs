@@ -50,6 +50,7 @@ use bytes::Bytes;
 pub use admission::{AcceptLog, Admitted, IoStats};
 pub use outbox::{Finish, Outbox, Outgoing, Pushed, WRITE_BATCH_BYTES};
 
+use crate::auth::{Auth, ConnClaims};
 pub use crate::codec::Publication;
 use crate::codec::envelope::{self, Envelope};
 use crate::codec::http::{self, ClientProtocol, Decision, HeadReader, Route};
@@ -89,7 +90,7 @@ pub enum Inbound<'a> {
 }
 
 /// What a runtime does with a new socket, from [`Node::answer`].
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Reply {
     /// Write `response` (the `101`), then speak WebSocket on the socket in
     /// `protocol`; `rest` is what the client sent past its head, already
@@ -98,6 +99,9 @@ pub enum Reply {
         response: Vec<u8>,
         rest: Vec<u8>,
         protocol: ClientProtocol,
+        /// Who the seed protocol's `?token=` says the client is (hand it to
+        /// [`Node::open`]); the Centrifugo protocol's token comes later.
+        claims: Option<ConnClaims>,
     },
     /// Write this response, then end the stream.
     Respond(Vec<u8>),
@@ -153,10 +157,13 @@ impl ProtocolSession {
         cfg: &NodeConfig,
         protocol: ClientProtocol,
         id: ConnId,
+        claims: Option<ConnClaims>,
         now: Duration,
     ) -> ProtocolSession {
         match protocol {
-            ClientProtocol::Seed => ProtocolSession::Seed(seed::SeedSession::new(cfg, now)),
+            ClientProtocol::Seed => {
+                ProtocolSession::Seed(seed::SeedSession::new(cfg, claims.unwrap_or_default(), now))
+            }
             ClientProtocol::Centrifugo => {
                 ProtocolSession::Centrifugo(Box::new(centrifugo::CfSession::new(cfg, id, now)))
             }
@@ -197,6 +204,8 @@ struct Stats {
     cf_bad_commands: [AtomicU64; CF_LABELS.len()],
     rate_limited: AtomicU64,
     no_pong_closes: AtomicU64,
+    origin_refused: AtomicU64,
+    auth_refused: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -246,6 +255,7 @@ fn wake_all<const N: usize>(wakers: [Option<Waker>; N]) {
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
+    auth: Arc<Auth>,
     probe_channel: String,
     shared: Mutex<Shared>,
     admission: admission::Admission,
@@ -253,13 +263,20 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node in open mode (no auth).
     pub fn new(cfg: NodeConfig, now: Duration) -> Node {
+        Node::with_auth(cfg, Arc::new(Auth::open()), now)
+    }
+
+    /// A node that authenticates and authorizes with `auth`.
+    pub fn with_auth(cfg: NodeConfig, auth: Arc<Auth>, now: Duration) -> Node {
         let probe = envelope::channel_for(
             &cfg.hub.channel_prefix,
             &format!("__roomcast.probe.{}", cfg.node_id),
         );
         Node {
             admission: admission::Admission::new(cfg.max_sockets, cfg.operator_reserve),
+            auth,
             probe_channel: probe.clone(),
             shared: Mutex::new(Shared {
                 hub: Hub::new(cfg.hub.clone(), cfg.mode, probe, now),
@@ -329,7 +346,7 @@ impl Node {
     /// What to do with a socket whose head was read into `head`: stopped
     /// when [`HeadReader::advance`] said so, or early because the read failed
     /// or the handshake timeout passed (the socket is then dropped).
-    pub fn answer(&self, admitted: Admitted) -> Reply {
+    pub fn answer(&self, admitted: Admitted, now: Duration) -> Reply {
         let Admitted { head, full } = admitted;
         let (decision, mut buf) = head.into_parts();
         match decision {
@@ -352,6 +369,37 @@ impl Node {
                         false,
                     ));
                 }
+                if !self
+                    .auth
+                    .origin_allowed(up.origin.as_deref(), up.host.as_deref())
+                {
+                    add(&self.stats.origin_refused, 1);
+                    return Reply::Respond(http::response(
+                        403,
+                        TEXT,
+                        b"origin not allowed (see --allowed-origins)\n",
+                        false,
+                    ));
+                }
+                let claims = match up.protocol {
+                    // Its token is in its first command.
+                    ClientProtocol::Centrifugo => None,
+                    ClientProtocol::Seed => {
+                        match self.auth.seed_upgrade(up.token.as_deref(), self.wall(now)) {
+                            Ok(claims) => Some(claims),
+                            Err(denied) => {
+                                add(&self.stats.auth_refused, 1);
+                                let body = format!("{denied}\n");
+                                return Reply::Respond(http::response(
+                                    denied.http_status(),
+                                    TEXT,
+                                    body.as_bytes(),
+                                    false,
+                                ));
+                            }
+                        }
+                    }
+                };
                 let response = up.response();
                 buf.drain(..up.head_len);
                 buf.shrink_to_fit();
@@ -359,6 +407,7 @@ impl Node {
                     response,
                     rest: buf,
                     protocol: up.protocol,
+                    claims,
                 }
             }
             Some(Decision::Route { route, head_only }) => {
@@ -426,15 +475,36 @@ impl Node {
 
     // ----- connections -----
 
-    /// A WebSocket connection is established, speaking `protocol`.
-    pub fn open(&self, protocol: ClientProtocol, now: Duration) -> Conn {
+    /// Wall-clock seconds at the node's time `now`.
+    fn wall(&self, now: Duration) -> u64 {
+        self.cfg.wall_origin + now.as_secs()
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// A WebSocket connection is established, speaking `protocol`, as the
+    /// upgrade's `claims` say (none: anonymous).
+    pub fn open(
+        &self,
+        protocol: ClientProtocol,
+        claims: Option<ConnClaims>,
+        now: Duration,
+    ) -> Conn {
         add(&self.stats.connections_opened, 1);
         let make = |id| {
             Arc::new(Peer {
                 id,
                 protocol,
                 outbox: Mutex::new(Outbox::default()),
-                session: Mutex::new(ProtocolSession::new(&self.cfg, protocol, id, now)),
+                session: Mutex::new(ProtocolSession::new(
+                    &self.cfg,
+                    protocol,
+                    id,
+                    claims.clone(),
+                    now,
+                )),
             })
         };
         match self.with(|s| s.hub.open_with(make)) {
@@ -598,18 +668,18 @@ impl Node {
         &self,
         peer: &Arc<Peer>,
         room: &str,
-        answer: impl FnOnce(Result<bool, crate::hub::Refusal>) -> Bytes,
+        answer: impl FnOnce(Result<bool, crate::hub::Refusal>) -> Option<Bytes>,
     ) {
         let max = self.cfg.hub.limits.max_outbound_bytes;
         let id = peer.id;
         let pushed = self.with(|s| {
             let joined = s.hub.join(id, room);
-            lock(&peer.outbox).push(answer(joined), max)
+            answer(joined).map(|frame| lock(&peer.outbox).push(frame, max))
         });
         match pushed {
-            Pushed::Queued(w) => wake_all([w]),
-            Pushed::Full => self.drop_slow(std::slice::from_ref(peer)),
-            Pushed::Closing => {}
+            Some(Pushed::Queued(w)) => wake_all([w]),
+            Some(Pushed::Full) => self.drop_slow(std::slice::from_ref(peer)),
+            Some(Pushed::Closing) | None => {}
         }
     }
 
@@ -935,6 +1005,8 @@ impl Node {
             broker_payloads_too_large: load(&self.stats.broker_payloads_too_large),
             rate_limited: load(&self.stats.rate_limited),
             no_pong_closes: load(&self.stats.no_pong_closes),
+            origin_refused: load(&self.stats.origin_refused),
+            auth_refused: load(&self.stats.auth_refused),
             bad_frames: FrameError::LABELS
                 .iter()
                 .zip(&self.stats.bad_frames)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::limiter::{RateLimiter, Verdict};
 use super::{Inbound, Node, Peer, Publication, add, lock, wake_all};
+use crate::auth::{ConnClaims, User};
 use crate::codec::http::ClientProtocol;
 use crate::codec::seed::{self, CLOSE_GOING_AWAY, CLOSE_POLICY, ClientFrame, FrameError};
 use crate::config::NodeConfig;
@@ -37,6 +38,8 @@ pub(super) fn shutdown_close(protocol: ClientProtocol) -> (u16, &'static str) {
 
 #[derive(Debug)]
 pub(super) struct SeedSession {
+    /// Who the upgrade's `?token=` says the client is (anonymous without).
+    user: User,
     limiter: RateLimiter,
     ping_interval: Duration,
     pong_timeout: Duration,
@@ -47,8 +50,9 @@ pub(super) struct SeedSession {
 }
 
 impl SeedSession {
-    pub(super) fn new(cfg: &NodeConfig, now: Duration) -> SeedSession {
+    pub(super) fn new(cfg: &NodeConfig, claims: ConnClaims, now: Duration) -> SeedSession {
         SeedSession {
+            user: claims.user(),
             limiter: RateLimiter::new(cfg.hub.limits.max_commands_per_sec, now),
             ping_interval: cfg.timers.ws_ping_interval,
             pong_timeout: cfg.timers.ws_pong_timeout,
@@ -115,6 +119,23 @@ impl SeedSession {
                 node.close(peer, CLOSE_POLICY, TOO_MANY_REQUESTS.into());
                 return;
             }
+        }
+        let allowed = if node.auth.is_open() {
+            Ok(())
+        } else {
+            match &frame {
+                ClientFrame::Subscribe { room } => node.auth.seed_subscribe(&self.user, room),
+                ClientFrame::Unsubscribe { .. } => Ok(()),
+                ClientFrame::SendMessage { room, .. } => {
+                    node.auth
+                        .seed_publish(&self.user, room, node.is_member(peer, room))
+                }
+            }
+        };
+        if let Err(denial) = allowed {
+            let (code, reason) = denial.seed_close();
+            node.close(peer, code, reason.into());
+            return;
         }
         match frame {
             ClientFrame::Subscribe { room } => match node.join(peer, &room) {

@@ -47,7 +47,7 @@ fn remote() -> Node {
 }
 
 fn open(n: &Node) -> Conn {
-    n.open(ClientProtocol::Seed, T0)
+    n.open(ClientProtocol::Seed, None, T0)
 }
 
 fn text(n: &Node, c: &Conn, s: &str) -> bool {
@@ -411,7 +411,7 @@ fn sockets_are_admitted_up_to_the_limit_and_shutdown_waits_for_them() {
     assert_eq!(n.snapshot().rejected_connections, 1);
     // On the reserve, /healthz answers "full" and an upgrade is refused.
     let (head, _) = read_head(reserve, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 1024);
-    let Reply::Respond(r) = n.answer(head) else {
+    let Reply::Respond(r) = n.answer(head, T0) else {
         panic!()
     };
     assert!(
@@ -465,7 +465,8 @@ fn head_reader_answers_an_upgrade_and_keeps_what_follows() {
             response,
             rest,
             protocol,
-        } = n.answer(head)
+            ..
+        } = n.answer(head, T0)
         else {
             panic!("not an upgrade")
         };
@@ -492,23 +493,23 @@ fn head_reader_routes_plain_requests_and_counts_failures() {
         5,
     );
     assert!(reads > 1);
-    let Reply::Respond(r) = n.answer(head) else {
+    let Reply::Respond(r) = n.answer(head, T0) else {
         panic!()
     };
     assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"));
     // Not HTTP: stop at the first read and drop.
     let (head, reads) = read_head(n.admit().unwrap(), b"\x16\x03\x01\x02\x00 tls", 1024);
     assert_eq!(reads, 1);
-    assert_eq!(n.answer(head), Reply::Drop);
+    assert_eq!(n.answer(head, T0), Reply::Drop);
     // The stream ends before the head does.
     let (head, _) = read_head(n.admit().unwrap(), b"GET / HTTP/1.1\r\n", 1024);
-    assert_eq!(n.answer(head), Reply::Drop);
+    assert_eq!(n.answer(head, T0), Reply::Drop);
     // A head over the limit is answered 431 after at most one read past it.
     let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 4 * MAX_HEAD_BYTES));
     let (head, reads) = read_head(n.admit().unwrap(), &big, 1024);
     assert!(reads <= MAX_HEAD_BYTES / 1024 + 1, "{reads} reads");
-    let Reply::Respond(r) = n.answer(head) else {
+    let Reply::Respond(r) = n.answer(head, T0) else {
         panic!()
     };
     assert!(r.starts_with(b"HTTP/1.1 431"));
@@ -523,7 +524,7 @@ fn health_follows_the_broker_and_the_page_is_served() {
     let get = |n: &Node, path: &str| {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         let (head, _) = read_head(n.admit().unwrap(), req.as_bytes(), 1024);
-        match n.answer(head) {
+        match n.answer(head, T0) {
             Reply::Respond(r) => r,
             other => panic!("{other:?}"),
         }
@@ -569,7 +570,7 @@ fn the_node_is_shared_across_threads() {
 // ----- the Centrifugo protocol -----
 
 fn cf(n: &Node) -> Conn {
-    n.open(ClientProtocol::Centrifugo, T0)
+    n.open(ClientProtocol::Centrifugo, None, T0)
 }
 
 fn cf_send(n: &Node, c: &Conn, s: &str, now: Duration) -> bool {
