@@ -1367,7 +1367,10 @@ fn bad_upgrades_get_400(rt: Runtime) {
         .unwrap();
     let head = read_head(&mut s, TIMEOUT).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
-    assert_eq!(node.metric("roomcast_connections"), 1);
+    // The connection is counted once its task has opened it, just after the 101.
+    roomcast_tests::wait_until("the upgraded connection is counted", TIMEOUT, || {
+        node.metric("roomcast_connections") == 1
+    });
 }
 
 /// A request target in absolute form (`GET http://host/metrics`, RFC 9112
