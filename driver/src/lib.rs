@@ -505,16 +505,16 @@ async fn run_connection<R: Runtime>(
                                 // WebSocket layer's write buffer (which keeps
                                 // its largest size) stays small.
                                 for fragment in fragments(f) {
-                                    if tx.feed(Message::Frame(fragment)).await.is_err() {
-                                        return Finish::Release;
+                                    if let Err(e) = tx.feed(Message::Frame(fragment)).await {
+                                        return write_failed(node, &conn, e).await;
                                     }
                                 }
                                 continue;
                             }
                             // SAFETY: the node only queues frames built from `str`.
                             let text = unsafe { Utf8Bytes::from_bytes_unchecked(f) };
-                            if tx.feed(Message::Text(text)).await.is_err() {
-                                return Finish::Release;
+                            if let Err(e) = tx.feed(Message::Text(text)).await {
+                                return write_failed(node, &conn, e).await;
                             }
                         }
                         if tx.flush().await.is_err() {
@@ -558,6 +558,17 @@ async fn run_connection<R: Runtime>(
     // is allocated only when a connection ends, not held by every live
     // connection's task.
     Box::pin(finish_connection(shared, ws, finish)).await;
+}
+
+/// A write failed. The WebSocket layer's own buffer full means a client
+/// that does not read: a slow consumer, closed as such; anything else, the
+/// transport is gone.
+async fn write_failed(node: &Node, conn: &roomcast_core::Conn, e: WsError) -> Finish {
+    if matches!(e, WsError::WriteBufferFull(_)) {
+        node.outbound_full(conn);
+        return poll_fn(|cx| node.poll_abort(conn, cx)).await;
+    }
+    Finish::Release
 }
 
 /// Carries out how the node said the connection ends.
