@@ -88,6 +88,15 @@ fn chat_page_between_two_nodes_in_chromium() {
     eprintln!("browser test passed in {:.1?}", started.elapsed());
 }
 
+/// Opens a WebSocket to `arguments[0]`, closes it with 1000 once open, and
+/// answers with the CloseEvent's `wasClean` and `code`.
+const CLEAN_CLOSE_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const ws = new WebSocket(arguments[0]);
+ws.onopen = () => ws.close(1000, "bye");
+ws.onclose = (e) => done({ wasClean: e.wasClean, code: e.code });
+"#;
+
 async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     let redis = RedisServer::start();
     let n1 = Node::redis(Runtime::Tokio, &redis, &[]);
@@ -143,6 +152,22 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     let shots = screenshot_dir();
     screenshot(&a, &shots.join("page-a.png")).await;
     screenshot(&b, &shots.join("page-b.png")).await;
+
+    // A close the browser starts is echoed before the TCP stream ends:
+    // Chromium reports it clean, with its code, on both runtimes' nodes.
+    for (page, node) in [(&a, &n1), (&b, &n2)] {
+        let url = format!("ws://{}/clean-close", node.addr());
+        let got = bounded(
+            "a clean close from the page",
+            page.execute_async(CLEAN_CLOSE_JS, vec![serde_json::Value::String(url)]),
+        )
+        .await;
+        assert_eq!(
+            got,
+            serde_json::json!({"wasClean": true, "code": 1000}),
+            "the page's CloseEvent"
+        );
+    }
 
     // Record every change of page A's status line, so the short-lived
     // "closed" state is seen even though the page soon tries to reconnect.
