@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use serde_json::{Value, json};
 
+pub mod auth;
 pub mod centrifugo;
 mod client;
 mod http;

@@ -9,6 +9,11 @@
 //! Screenshots of both pages go to `target/browser/` (`page-a.png`,
 //! `page-b.png` after the chat, `page-a-closed.png` after the shutdown).
 //!
+//! A second test serves a page from another origin (a small HTTP server of
+//! its own on another port) and checks that its `new WebSocket(…)` to a node
+//! fails unless the node's `--allowed-origins` lets that origin in, on both
+//! runtimes and both protocols' paths.
+//!
 //! Needs `chromium` and `chromedriver` on PATH (Debian packages `chromium`
 //! and `chromium-driver`, which `.ci/run` installs); without them the test
 //! says why and passes without running, except under CI, where it fails
@@ -16,10 +21,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
@@ -40,6 +48,18 @@ const FROM_B: &str = "Hi! Node 2 here, got it.";
 
 #[test]
 fn chat_page_between_two_nodes_in_chromium() {
+    in_chromium("browser", chat);
+}
+
+#[test]
+fn cross_origin_page_needs_allowed_origins() {
+    in_chromium("cross-origin", cross_origin);
+}
+
+/// Runs `scenario` (on a tokio runtime of its own, on a thread of its own,
+/// within [`TEST_LIMIT`]) with a chromedriver started for it, or skips if
+/// Chromium or chromedriver is missing (see [`skip_or_fail`]).
+fn in_chromium(name: &str, scenario: impl AsyncFnOnce(&str, &Path, &Path) + Send + 'static) {
     let (chromium, chromedriver) = match (which("chromium"), which("chromedriver")) {
         (Some(c), Some(d)) => (c, d),
         (c, _) => {
@@ -62,13 +82,13 @@ fn chat_page_between_two_nodes_in_chromium() {
     let webdriver = driver.url();
     let profiles = driver.dir.clone();
     let scenario = std::thread::Builder::new()
-        .name("browser".into())
+        .name(name.into())
         .spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime")
-                .block_on(chat(&webdriver, &chromium, &profiles))
+                .block_on(scenario(&webdriver, &chromium, &profiles))
         })
         .expect("spawn the scenario thread");
     while !scenario.is_finished() {
@@ -85,7 +105,7 @@ fn chat_page_between_two_nodes_in_chromium() {
         std::panic::resume_unwind(panic);
     }
     drop(driver);
-    eprintln!("browser test passed in {:.1?}", started.elapsed());
+    eprintln!("browser test {name} passed in {:.1?}", started.elapsed());
 }
 
 /// Opens a WebSocket to `arguments[0]`, closes it with 1000 once open, and
@@ -204,6 +224,183 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     bounded("end session B", b.close()).await;
     drop(n2);
     drop(redis);
+}
+
+/// A page served from `http://127.0.0.1:P` (another origin than any node's)
+/// opens WebSockets to nodes: one without `--allowed-origins` refuses it
+/// (the browser sees an error; the node counts an Origin refusal), one that
+/// allows that origin, or `http://127.0.0.1:*`, lets it open; the node's own
+/// page (same origin) opens on the strict node.
+async fn cross_origin(webdriver: &str, chromium: &Path, profiles: &Path) {
+    let pages = PageServer::start();
+    let origin = pages.origin();
+    let browser = open_browser(webdriver, chromium, &profiles.join("cross")).await;
+    bounded(
+        "open the other origin's page",
+        browser.goto(&format!("{origin}/")),
+    )
+    .await;
+    assert_eq!(bounded("its title", browser.title()).await, "elsewhere");
+    let paths = ["/connection/websocket", "/"];
+    for &rt in Runtime::ALL {
+        let strict = Node::embedded(rt, &[]);
+        let allowing = Node::embedded(rt, &["--allowed-origins", &origin]);
+        let ports = Node::embedded(
+            rt,
+            &["--allowed-origins", "https://x.test,http://127.0.0.1:*"],
+        );
+        for path in paths {
+            for (node, want, what) in [
+                (&strict, "error", "no --allowed-origins"),
+                (&allowing, "open", "--allowed-origins <the page's origin>"),
+                (&ports, "open", "--allowed-origins http://127.0.0.1:*"),
+            ] {
+                let url = format!("ws://{}{path}", node.addr());
+                let got = open_websocket(&browser, &url).await;
+                assert_eq!(
+                    got,
+                    want,
+                    "{} node, {what}: a page from {origin} opens {url}",
+                    rt.name()
+                );
+            }
+        }
+        assert_eq!(
+            strict.metric("roomcast_origin_refused_total"),
+            paths.len() as u64,
+            "{}: the strict node refused by Origin",
+            rt.name()
+        );
+        for node in [&allowing, &ports] {
+            assert_eq!(
+                node.metric("roomcast_origin_refused_total"),
+                0,
+                "{}",
+                rt.name()
+            );
+        }
+    }
+    // The same browser, on a node's own page: same origin, so it opens.
+    let strict = Node::embedded(*Runtime::ALL.last().expect("a runtime"), &[]);
+    bounded(
+        "open the node's page",
+        browser.goto(&format!("http://{}/", strict.addr())),
+    )
+    .await;
+    for path in paths {
+        let url = format!("ws://{}{path}", strict.addr());
+        assert_eq!(
+            open_websocket(&browser, &url).await,
+            "open",
+            "same origin: {url}"
+        );
+    }
+    assert_eq!(strict.metric("roomcast_origin_refused_total"), 0);
+    bounded("end the session", browser.close()).await;
+    assert!(pages.served() >= 1, "the page server served nothing");
+}
+
+/// `new WebSocket(url)` in the page: "open", "error" or "timeout".
+async fn open_websocket(browser: &Browser, url: &str) -> String {
+    let v = bounded(
+        "open a WebSocket from the page",
+        browser.execute_async(OPEN_WEBSOCKET_JS, vec![json!(url)]),
+    )
+    .await;
+    v.as_str()
+        .unwrap_or_else(|| panic!("the page answered {v}"))
+        .to_string()
+}
+
+const OPEN_WEBSOCKET_JS: &str = r#"
+const [url, done] = arguments;
+const ws = new WebSocket(url);
+const timer = setTimeout(() => done("timeout"), 5000);
+ws.onopen = () => { clearTimeout(timer); ws.close(); done("open"); };
+ws.onerror = () => { clearTimeout(timer); done("error"); };
+"#;
+
+const ELSEWHERE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\">\
+<title>elsewhere</title></head><body>a page of another origin</body></html>";
+
+/// A tiny HTTP server on 127.0.0.1 (a port of its own) answering every
+/// request with [`ELSEWHERE_PAGE`]. Dropping it stops it.
+struct PageServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PageServer {
+    fn start() -> PageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the page server");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let port = listener.local_addr().expect("its address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread = {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            serve_page(s);
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        PageServer {
+            port,
+            stop,
+            served,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: what the page's `Origin` header says.
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads one request head (bounded) and answers with the page.
+fn serve_page(mut s: TcpStream) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{ELSEWHERE_PAGE}",
+        ELSEWHERE_PAGE.len()
+    );
+    let _ = s.write_all(response.as_bytes());
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -167,6 +167,16 @@ impl ConnectDenied {
     pub fn http_status(&self) -> u16 {
         401
     }
+
+    /// The body of that 401: what is wrong, without the reason an invalid
+    /// token was refused for (that is for logs, never for the client).
+    pub fn http_body(&self) -> &'static str {
+        match self {
+            ConnectDenied::Expired => "token expired\n",
+            ConnectDenied::Invalid(_) => "invalid token\n",
+            ConnectDenied::TokenRequired => "a token is required\n",
+        }
+    }
 }
 
 /// Tokens, permissions and origins, built once at start-up and shared by

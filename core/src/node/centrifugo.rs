@@ -84,13 +84,19 @@ impl CfSession {
         self.wall_origin + now.as_secs()
     }
 
-    /// `expires` and `ttl` for a reply, from an `exp`.
+    /// `expires` and `ttl` for a reply, from an `exp`: the whole seconds
+    /// left until `exp` on the clock the 3005 deadline is measured on
+    /// ([`Self::expiry`]), rounded down. (Not `exp - wall(now)`: `wall`
+    /// drops the fraction of the current second, so that ttl ran up to a
+    /// second past `exp` and a client refreshing when told lost up to a
+    /// second of its grace — all of it with a grace of 1 s.)
     fn ttl(&self, exp: Option<u64>, now: Duration) -> (bool, u32) {
         match exp {
-            Some(exp) => (
-                true,
-                exp.saturating_sub(self.wall(now)).min(u64::from(u32::MAX)) as u32,
-            ),
+            Some(exp) => {
+                let at = Duration::from_secs(exp.saturating_sub(self.wall_origin));
+                let left = at.saturating_sub(now).as_secs();
+                (true, left.min(u64::from(u32::MAX)) as u32)
+            }
             None => (false, 0),
         }
     }

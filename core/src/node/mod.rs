@@ -389,11 +389,10 @@ impl Node {
                             Ok(claims) => Some(claims),
                             Err(denied) => {
                                 add(&self.stats.auth_refused, 1);
-                                let body = format!("{denied}\n");
                                 return Reply::Respond(http::response(
                                     denied.http_status(),
                                     TEXT,
-                                    body.as_bytes(),
+                                    denied.http_body().as_bytes(),
                                     false,
                                 ));
                             }
