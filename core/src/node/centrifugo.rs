@@ -38,6 +38,10 @@ pub(super) struct CfSession {
     /// it has passed by the grace, unless refreshed.
     expires_at: Option<u64>,
     expire_grace: Duration,
+    /// Rooms joined with a subscription token that expires (wall-clock
+    /// `exp`): left, with the unsubscribe push 2501, once it has passed by
+    /// the grace unless `sub_refresh` renewed it.
+    sub_expiries: std::collections::BTreeMap<Box<str>, u64>,
     connected: bool,
     next_ping: Option<Duration>,
     pong_deadline: Option<Duration>,
@@ -57,6 +61,7 @@ impl CfSession {
             info,
             expires_at: None,
             expire_grace: Duration::ZERO,
+            sub_expiries: std::collections::BTreeMap::new(),
             connected: false,
             next_ping: None,
             pong_deadline: None,
@@ -67,10 +72,23 @@ impl CfSession {
         if !self.connected {
             return Some(self.opened + self.timers.connect_timeout);
         }
-        [self.next_ping, self.pong_deadline, self.expiry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_ping,
+            self.pong_deadline,
+            self.expiry(),
+            self.sub_expiries
+                .values()
+                .map(|&e| self.deadline_of(e))
+                .min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When an `exp` plus the grace has passed, on the node's clock.
+    fn deadline_of(&self, exp: u64) -> Duration {
+        Duration::from_secs(exp.saturating_sub(self.wall_origin)) + self.expire_grace
     }
 
     /// When an unrefreshed token closes the connection, on the node's clock.
@@ -110,6 +128,18 @@ impl CfSession {
         }
         if self.expiry().is_some_and(|d| now >= d) {
             return close(node, peer, Disconnect::EXPIRED);
+        }
+        let expired: Vec<Box<str>> = self
+            .sub_expiries
+            .iter()
+            .filter(|&(_, &exp)| now >= self.deadline_of(exp))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in expired {
+            self.sub_expiries.remove(&room);
+            node.leave(peer, &room);
+            let push = cf::UnsubscribeCode::EXPIRED.encode_push(&room);
+            node.send(peer, Bytes::from(push));
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
             add(&node.stats.no_pong_closes, 1);
@@ -268,8 +298,14 @@ impl CfSession {
                         Err(Refusal::ShuttingDown) => error(id, ErrorCode::INTERNAL),
                     })
                 });
+                if let Some(exp) = grant.expires_at
+                    && node.is_member(peer, &channel)
+                {
+                    self.sub_expiries.insert(channel.as_ref().into(), exp);
+                }
             }
             Request::Unsubscribe { channel } => {
+                self.sub_expiries.remove(channel.as_ref());
                 node.leave(peer, &channel);
                 node.send(
                     peer,
@@ -320,6 +356,10 @@ impl CfSession {
                     .subscribe(&self.user, &channel, Some(&token), self.wall(now))
                 {
                     Ok(grant) => {
+                        match grant.expires_at {
+                            Some(exp) => self.sub_expiries.insert(channel.as_ref().into(), exp),
+                            None => self.sub_expiries.remove(channel.as_ref()),
+                        };
                         let (expires, ttl) = self.ttl(grant.expires_at, now);
                         let reply = cf::encode_sub_refresh_reply(id, expires, ttl);
                         node.send(peer, Bytes::from(reply));

@@ -758,3 +758,53 @@ fn centrifugo_rate_limit_answers_111_then_closes_3013() {
     ));
     assert_eq!(n.queued_close(&a), Some((3013, "too many requests".into())));
 }
+
+#[test]
+fn an_unrefreshed_subscription_token_ends_the_subscription_with_2501() {
+    use crate::auth::{AuthSettings, NamespaceOptions};
+    let secret = "subscription-expiry-test-secret-0123456789";
+    let settings = AuthSettings {
+        token_hmac_secret: Some(secret.into()),
+        token_expire_grace: Duration::from_secs(1),
+        default_namespace: Some(NamespaceOptions::allow_all()),
+        ..AuthSettings::default()
+    };
+    let auth = crate::auth::Auth::new(&settings, None).unwrap();
+    let n = Node::with_auth(NodeConfig::default(), Arc::new(auth), T0);
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let a = cf(&n);
+    let connect = format!(
+        r#"{{"id":1,"connect":{{"token":"{}"}}}}"#,
+        sign(serde_json::json!({"sub":"42"}))
+    );
+    cf_send(&n, &a, &connect, T0);
+    let sub = sign(serde_json::json!({"sub":"42","channel":"$r","exp":2}));
+    cf_send(
+        &n,
+        &a,
+        &format!(r#"{{"id":2,"subscribe":{{"channel":"$r","token":"{sub}"}}}}"#),
+        T0,
+    );
+    let got = texts(&n, &a);
+    assert_eq!(
+        got[1], r#"{"id":2,"subscribe":{"expires":true,"ttl":2}}"#,
+        "{got:?}"
+    );
+    assert_eq!(
+        n.conn_deadline(&a),
+        Some(Duration::from_secs(3)),
+        "exp + grace"
+    );
+    n.conn_timeout(&a, Duration::from_secs(3));
+    assert_eq!(
+        texts(&n, &a),
+        [
+            r#"{"push":{"channel":"$r","unsubscribe":{"code":2501,"reason":"subscription expired"}}}"#
+        ]
+    );
+    assert!(!n.inspect(|h| h.is_member(a.id(), "$r")));
+    assert!(!n.is_closing(&a), "the connection stays");
+}
