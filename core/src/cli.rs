@@ -160,6 +160,12 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_TOKEN_EXPIRE_GRACE", value_parser = parse_duration)]
     pub token_expire_grace: Option<Duration>,
 
+    /// With a token key: a Centrifugo connect without a token is anonymous
+    /// (and the namespaces' `_for_anonymous` flags apply) instead of
+    /// refused with 3500.
+    #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN")]
+    pub allow_anonymous_connect_without_token: bool,
+
     /// Origins allowed to open a WebSocket (glob patterns, comma-separated,
     /// e.g. https://*.example.com; * allows every origin). Without it, an
     /// Origin must match the Host the request came to.

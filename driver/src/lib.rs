@@ -225,6 +225,9 @@ pub fn load_auth(cli: &Cli) -> io::Result<Arc<Auth>> {
     if let Some(grace) = cli.token_expire_grace {
         a.token_expire_grace = grace;
     }
+    if cli.allow_anonymous_connect_without_token {
+        a.allow_anonymous_connect_without_token = true;
+    }
     if !cli.allowed_origins.is_empty() {
         a.allowed_origins = cli
             .allowed_origins
