@@ -6,15 +6,13 @@
 //! so the test builds the one it needs with the same `cargo` (it holds no
 //! lock while tests run) and takes its path from cargo's JSON output.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use roomcast_tests::binary::binary;
 use roomcast_tests::{
     Client, FAST_REDIS, RedisServer, Runtime, TIMEOUT, http_get, scenarios, spawn_child,
 };
@@ -24,40 +22,6 @@ scenarios!(
     binary_with_redis_from_env,
     binary_rejects_bad_flags
 );
-
-/// Builds `roomcast-<runtime>` once per test process and returns its path.
-fn binary(rt: Runtime) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
-    let name = match rt {
-        Runtime::Tokio => "roomcast-tokio",
-        #[cfg(feature = "smol")]
-        Runtime::Smol => "roomcast-smol",
-    };
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.get(name) {
-        return p.clone();
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--message-format=json", "-p", name, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build -p {name} failed");
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo reported no executable for {name}"));
-    built.insert(name, path.clone());
-    path
-}
 
 /// A running binary; its stderr lines arrive on `lines`.
 struct Proc {
