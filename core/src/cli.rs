@@ -75,7 +75,7 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_WS_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ws_pong_timeout: Duration,
 
-    /// Centrifugo protocol: interval of the server's pings.
+    /// Centrifugo protocol: interval of the server's pings (0: no pings).
     #[arg(long, env = "ROOMCAST_CLIENT_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
     pub client_ping_interval: Duration,
 

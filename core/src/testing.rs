@@ -11,9 +11,21 @@
 //! subscribed channels (the node's own publishes and probes, other
 //! publishers' messages, junk) back to the node.
 //!
+//! Both client protocols are driven ([`Proto`]): every operation on a
+//! connection is expressed in that connection's own protocol. A seed client
+//! sends the tutorial's frames and is answered with closes; a Centrifugo
+//! client (`/connection/websocket`) sends its `connect` first (at once, or
+//! later with [`Op::Connect`]), then commands with ids, and the model
+//! predicts every reply, error reply and push its outbox holds, in order.
+//! Rooms mix both: a seed publish reaches a Centrifugo member as a push
+//! without `info`, a Centrifugo publish reaches a seed member as the text
+//! (or compact JSON) of its `data` and Centrifugo members with the
+//! publisher's `info`, locally and through the simulated Redis (whose
+//! envelope carries `info`).
+//!
 //! The model is plain sets and queues. It *predicts* rather than follows:
-//! every broker operation, deadline and counter is computed by the model and
-//! compared with the node's.
+//! every broker operation, deadline, frame and counter is computed by the
+//! model and compared with the node's.
 //!
 //! Invariants checked after every [`Op`]:
 //! - a. **subscriptions**: after each poll of the broker task, the channels
@@ -31,10 +43,12 @@
 //! - c. **delivery**: a message for room R (a client's publish in embedded
 //!   mode; a broker message in both modes: the node's own publishes fed
 //!   back, other publishers' messages with JSON messages and `info`
-//!   fields) queues exactly one frame per current member of R and none
-//!   elsewhere; junk and oversized payloads are counted and deliver nothing.
+//!   fields) queues exactly one frame per current member of R, in the
+//!   member's protocol, and none elsewhere; junk and oversized payloads are
+//!   counted and deliver nothing.
 //! - d. commands that change nothing (a second SUBSCRIBE, an UNSUBSCRIBE of
-//!   a room one is not in) change nothing.
+//!   a room one is not in) change nothing; in Centrifugo's protocol they
+//!   are answered (105 already subscribed, an empty unsubscribe reply).
 //! - e. **no leaks**: the hub's tables (connections, rooms, memberships,
 //!   slots) match the model, member lists included.
 //! - f. **broker timing is predicted**: the node's `deadline()` equals the
@@ -47,17 +61,22 @@
 //!   of published (confirmed), unknown (in a failed operation), held (the
 //!   buffer or the queue to the link), dropped (counted), or in the broker
 //!   task's hands; held publishes go out in order once a link is proven.
-//! - h. **outboxes**: the frames, the close and the writer's next work are
-//!   the model's; an outbox holds at most `max_outbound_bytes` plus one
-//!   frame; a connection that would exceed it is closed 1008 "slow
-//!   consumer" with its queue discarded; `reading_ended` and `poll_abort`
-//!   say what the model says.
-//! - i. **every counter** of [`Node::snapshot`] equals the model's.
+//! - h. **outboxes**: the frames (replies, error replies, pushes, pings),
+//!   the close and the writer's next work are the model's; an outbox holds
+//!   at most `max_outbound_bytes` plus one frame; a connection that would
+//!   exceed it is closed as a slow consumer (1008 "slow consumer", 3008
+//!   "slow") with its queue discarded; `reading_ended` and `poll_abort` say
+//!   what the model says.
+//! - i. **every counter** of [`Node::snapshot`] equals the model's,
+//!   `cf_bad_commands{reason}` included.
 //! - j. **wakers**: the broker task, the timer task, each writer and each
 //!   abort watch are woken whenever they have something new to do.
-//! - k. keepalive pings and "no pong" closes, the command rate limit, socket
-//!   admission with its operator reserve, `/healthz` following the broker,
-//!   and the accept-error log, as the model predicts.
+//! - k. keepalive pings and "no pong" closes (seed: WebSocket pings, 1008;
+//!   Centrifugo: `{}` pings every interval, 3012, and 3502 "stale" without
+//!   a connect), each connection's deadline, the command rate limit (seed:
+//!   a close; Centrifugo: 111, then 3013), socket admission with its
+//!   operator reserve, `/healthz` following the broker, and the accept-error
+//!   log, as the model predicts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -83,11 +102,13 @@ pub const MAX_FRAME: usize = 120;
 pub const MAX_ROOM: usize = 24;
 /// Most rooms per connection.
 pub const MAX_ROOMS_PER_CONN: usize = 3;
-/// Outbox limit (a frame is refused once this much is queued): two of the
-/// longest message, so that a queue reaches it exactly.
-pub const MAX_OUTBOUND: usize = 120;
-/// Largest broker payload taken.
-pub const MAX_BROKER_PAYLOAD: usize = 120;
+/// Outbox limit (a frame is refused once this much is queued): four of the
+/// longest seed message, so that a queue reaches it exactly, and room for
+/// a Centrifugo client's replies next to a push or two.
+pub const MAX_OUTBOUND: usize = 240;
+/// Largest broker payload taken: room for the longest message of a
+/// Centrifugo publisher, `info` included.
+pub const MAX_BROKER_PAYLOAD: usize = 200;
 /// The publish buffer (and bound of the queue to a live link).
 pub const PUBLISH_BUFFER: usize = 4;
 /// Channels per SUBSCRIBE / UNSUBSCRIBE.
@@ -99,6 +120,12 @@ pub const OPERATOR_RESERVE: usize = 1;
 pub const RATE: u32 = 4;
 
 const MS: Duration = Duration::from_millis(1);
+
+/// The node's id (Centrifugo's `node`, and the prefix of its client ids).
+pub const NODE_ID: &str = "n";
+
+/// The server version a Centrifugo connect reply announces.
+const VERSION: &str = concat!("roomcast ", env!("CARGO_PKG_VERSION"));
 
 /// Whether publishes the node never accounts for are tolerated (counted in
 /// [`Tally::unreported`]). They are not: a report for an older session and
@@ -164,8 +191,133 @@ pub fn publish_payload(room: usize, message: usize) -> String {
     format!(r#"{{"type":"sendMessage","roomId":{r},"message":{m}}}"#)
 }
 
+/// The broker payload of a Centrifugo client's publish: the seed's, with
+/// the publisher's `info` last.
+pub fn cf_publish_payload(room: usize, message: usize, info: &str) -> String {
+    let (r, m) = (ROOMS[room].1, MESSAGES[message].1);
+    format!(r#"{{"type":"sendMessage","roomId":{r},"message":{m},"info":{info}}}"#)
+}
+
 fn channel(room: usize) -> String {
     format!("{PREFIX}{}", ROOMS[room].0)
+}
+
+/// A Centrifugo client's connect command.
+pub fn cf_connect_frame(id: u32) -> String {
+    format!(r#"{{"id":{id},"connect":{{"name":"js","version":"1"}}}}"#)
+}
+
+/// A Centrifugo client's subscribe command.
+pub fn cf_subscribe_frame(id: u32, room: usize) -> String {
+    format!(
+        r#"{{"id":{id},"subscribe":{{"channel":{}}}}}"#,
+        ROOMS[room].1
+    )
+}
+
+/// A Centrifugo client's unsubscribe command.
+pub fn cf_unsubscribe_frame(id: u32, room: usize) -> String {
+    format!(
+        r#"{{"id":{id},"unsubscribe":{{"channel":{}}}}}"#,
+        ROOMS[room].1
+    )
+}
+
+/// A Centrifugo client's publish, in one of two layouts (the second
+/// behind a pong, in one frame of two lines, fields reordered).
+pub fn cf_publish_frame(id: u32, room: usize, message: usize, layout: usize) -> String {
+    let (r, m) = (ROOMS[room].1, MESSAGES[message].0);
+    if layout.is_multiple_of(2) {
+        format!(r#"{{"id":{id},"publish":{{"channel":{r},"data":{m}}}}}"#)
+    } else {
+        format!("{{}}\n{{\"publish\":{{\"data\":{m}, \"channel\":{r}}},\"id\":{id}}}")
+    }
+}
+
+/// The `info` of a Centrifugo client's publications: anonymous, and its
+/// client id (`<node>-<connection id>`).
+pub fn cf_info(id: ConnId) -> String {
+    format!(r#"{{"user":"","client":"{NODE_ID}-{}"}}"#, id.0)
+}
+
+/// The push a Centrifugo member receives for a publication in `room` whose
+/// `data` is the JSON `data`.
+fn cf_push(room: usize, data: &str, info: Option<&str>) -> Bytes {
+    let info = info.map(|i| format!(r#","info":{i}"#)).unwrap_or_default();
+    Bytes::from(format!(
+        r#"{{"push":{{"channel":{},"pub":{{"data":{data}{info}}}}}}}"#,
+        ROOMS[room].1
+    ))
+}
+
+/// A reply with an empty result: `{"id":N,"<method>":{}}`.
+fn cf_reply(id: u32, method: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"id":{id},"{method}":{{}}}}"#))
+}
+
+/// An error reply, with Centrifugo's message for the code.
+fn cf_error(id: u32, code: u32) -> Bytes {
+    let (message, temporary) = match code {
+        103 => ("permission denied", false),
+        104 => ("method not found", false),
+        105 => ("already subscribed", false),
+        106 => ("limit exceeded", false),
+        107 => ("bad request", false),
+        108 => ("not available", false),
+        111 => ("too many requests", true),
+        other => panic!("no error {other} in the model"),
+    };
+    let temporary = if temporary {
+        r#","temporary":true"#
+    } else {
+        ""
+    };
+    Bytes::from(format!(
+        r#"{{"id":{id},"error":{{"code":{code},"message":"{message}"{temporary}}}}}"#
+    ))
+}
+
+/// The connect reply to connection `conn`'s connect `id`: anonymous, no
+/// expiry, the ping interval in whole seconds (omitted when 0).
+fn cf_connect_reply(id: u32, conn: ConnId, timers: &ClientTimers) -> Bytes {
+    let ping = match timers.ping_interval.as_secs() {
+        0 => String::new(),
+        s => format!(r#","ping":{s}"#),
+    };
+    Bytes::from(format!(
+        r#"{{"id":{id},"connect":{{"client":"{NODE_ID}-{}","version":"{VERSION}"{ping},"pong":true,"node":"{NODE_ID}"}}}}"#,
+        conn.0
+    ))
+}
+
+/// A message for a room, as each protocol's members receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Delivery {
+    room: usize,
+    /// A seed member's text frame.
+    seed: Bytes,
+    /// A Centrifugo member's push.
+    cf: Bytes,
+    /// Whether it carries a publisher's `info`.
+    info: bool,
+}
+
+impl Delivery {
+    /// `data`: the JSON a push carries; `text`: what a seed member gets.
+    fn new(room: usize, data: &str, text: &str, info: Option<&str>) -> Delivery {
+        Delivery {
+            room,
+            seed: Bytes::copy_from_slice(text.as_bytes()),
+            cf: cf_push(room, data, info),
+            info: info.is_some(),
+        }
+    }
+
+    /// A client's message `message` (either protocol's publisher).
+    fn message(room: usize, message: usize, info: Option<&str>) -> Delivery {
+        let (_, data, text) = MESSAGES[message];
+        Delivery::new(room, data, text, info)
+    }
 }
 
 /// Bad input and what it must cause: (input, close code, reason, metric label).
@@ -258,11 +410,170 @@ fn bad_input(k: u8) -> (BadInput, u16, String, &'static str) {
     table[k as usize % table.len()].clone()
 }
 
+/// What a frame is, before it is borrowed as an [`Inbound`].
+#[derive(Debug, Clone)]
+enum Raw {
+    Text(Vec<u8>),
+    Binary,
+    TooLarge,
+    NotUtf8,
+    Protocol,
+    Control,
+}
+
+impl Raw {
+    fn inbound(&self) -> Inbound<'_> {
+        match self {
+            Raw::Text(t) => Inbound::Text(t),
+            Raw::Binary => Inbound::Binary,
+            Raw::TooLarge => Inbound::TooLarge,
+            Raw::NotUtf8 => Inbound::NotUtf8,
+            Raw::Protocol => Inbound::ProtocolError,
+            Raw::Control => Inbound::Control,
+        }
+    }
+}
+
+/// A Centrifugo client's other input (bad frames and commands, commands
+/// roomcast answers with an error or ignores, frames the WebSocket layer
+/// refused), built with the client's next command id `id` (an entry uses
+/// at most two ids), and what it must cause.
+fn cf_other_input(k: u8, id: u32) -> (Raw, Input) {
+    use CfItem::{Bad, Ok as Cmd};
+    let text = |t: String, items: Vec<CfItem>| (Raw::Text(t.into_bytes()), Input::Cf(items));
+    let refused = |t: &[u8], label| (Raw::Text(t.to_vec()), Input::CfRefused(label));
+    let bad = |t: String, label, code: Option<u32>| {
+        text(
+            t,
+            vec![Bad {
+                label,
+                reply: code.map(|c| (id, c)),
+            }],
+        )
+    };
+    let answered = |t: String, cmd| text(t, vec![Cmd(id, cmd)]);
+    match k % 34 {
+        0 => refused(b"not json", "not_json"),
+        1 => refused(b"[]", "not_object"),
+        2 => refused(&[b'['; 65], "too_deep"),
+        3 => refused(b"\xff\xfe", "not_utf8"),
+        4 => refused(&[b' '; MAX_FRAME + 1], "too_large"),
+        5 => bad(
+            format!(r#"{{"id":{id},"subscribe":{{}}}}"#),
+            "missing_field",
+            Some(107),
+        ),
+        6 => bad(format!(r#"{{"id":{id}}}"#), "unknown_method", Some(104)),
+        7 => bad(
+            r#"{"subscribe":{"channel":"r1"}}"#.into(),
+            "missing_id",
+            None,
+        ),
+        8 => bad(
+            format!(
+                r#"{{"id":{id},"subscribe":{{"channel":"r1"}},"publish":{{"channel":"r1","data":1}}}}"#
+            ),
+            "multiple_methods",
+            Some(107),
+        ),
+        9 => bad(r#"{"id":"x","connect":{}}"#.into(), "bad_id", None),
+        10 => bad(
+            format!(r#"{{"id":{id},"publish":{{"channel":"","data":1}}}}"#),
+            "channel_empty",
+            Some(107),
+        ),
+        11 => bad(
+            format!(r#"{{"id":{id},"unsubscribe":{{"channel":"0123456789abcdef012345678"}}}}"#),
+            "channel_too_long",
+            Some(107),
+        ),
+        12 => bad(
+            format!(r#"{{"id":{id},"subscribe":{{"channel":5}}}}"#),
+            "wrong_type",
+            Some(107),
+        ),
+        13 => bad(
+            format!(r#"{{"id":{id},"subscribe":"r1"}}"#),
+            "method_not_object",
+            Some(107),
+        ),
+        14 => bad(
+            format!(r#"{{"id":{id},"publish":{{"channel":"r1","data":1,"data":2}}}}"#),
+            "duplicate_field",
+            Some(107),
+        ),
+        15 => bad(
+            format!(r#"{{"id":{id},"publish":{{"channel":"\ud800","data":1}}}}"#),
+            "bad_escape",
+            Some(107),
+        ),
+        // A send is never answered: a bad one closes.
+        16 => bad(r#"{"send":{}}"#.into(), "missing_field", None),
+        17 => (
+            Raw::Text(br#"{"send":{"data":{"k":1}}}"#.to_vec()),
+            Input::Cf(vec![Cmd(0, Command::Ignored)]),
+        ),
+        18 => answered(
+            format!(r#"{{"id":{id},"presence":{{"channel":"r1"}}}}"#),
+            Command::Error(108),
+        ),
+        19 => answered(
+            format!(r#"{{"id":{id},"presence_stats":{{"channel":"r1"}}}}"#),
+            Command::Error(108),
+        ),
+        20 => answered(
+            format!(r#"{{"id":{id},"history":{{"channel":"r1","limit":5}}}}"#),
+            Command::Error(108),
+        ),
+        21 => answered(format!(r#"{{"id":{id},"ping":{{}}}}"#), Command::Error(108)),
+        22 => answered(
+            format!(r#"{{"id":{id},"rpc":{{"method":"x","data":{{}}}}}}"#),
+            Command::Error(104),
+        ),
+        23 => answered(
+            format!(r#"{{"id":{id},"refresh":{{"token":"t"}}}}"#),
+            Command::Refresh,
+        ),
+        24 => answered(
+            format!(r#"{{"id":{id},"sub_refresh":{{"channel":"r1","token":"t"}}}}"#),
+            Command::SubRefresh(1),
+        ),
+        // Unknown fields are ignored.
+        25 => answered(
+            format!(r#"{{"id":{id},"subscribe":{{"channel":"lobby","x":[1]}},"y":{{}}}}"#),
+            Command::Subscribe(0),
+        ),
+        // Two commands in one frame, answered in order.
+        26 => text(
+            format!(
+                "{{\"id\":{id},\"presence\":{{\"channel\":\"r1\"}}}}\r\n{{\"id\":{}}}\n",
+                id + 1
+            ),
+            vec![
+                Cmd(id, Command::Error(108)),
+                Bad {
+                    label: "unknown_method",
+                    reply: Some((id + 1, 104)),
+                },
+            ],
+        ),
+        // Blank lines: no command at all.
+        27 => text("\n \r\n".into(), Vec::new()),
+        28 => (Raw::Binary, Input::CfClosed(3506, "inappropriate protocol")),
+        29 => (Raw::TooLarge, Input::CfClosed(3501, "bad request")),
+        30 => (Raw::NotUtf8, Input::CfClosed(3501, "bad request")),
+        31 => (Raw::Protocol, Input::CfClosed(3501, "bad request")),
+        // A WebSocket ping is no Centrifugo pong.
+        32 => (Raw::Control, Input::Control),
+        _ => refused(b"{\"id\":1,", "not_json"),
+    }
+}
+
 /// What a broker payload must come to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
-    /// Delivered to the members of this room as this frame.
-    Room(usize, Bytes),
+    /// Delivered to the members of its room, in their protocols.
+    Room(Delivery),
     /// Dropped and counted (`broker_payloads_dropped`).
     Dropped,
     /// On the probe channel: a probe echo, or nothing.
@@ -274,10 +585,11 @@ enum Expect {
 /// Payloads another publisher may put on room `room`'s channel.
 fn external_payload(room: usize, kind: u8) -> (Bytes, Expect) {
     let r = ROOMS[room].1;
-    let deliver = |p: String, text: &str| {
+    // `data`: the JSON a push carries; `text`: what a seed member gets.
+    let deliver = |p: String, data: &str, text: &str, info: Option<&str>| {
         (
             Bytes::from(p),
-            Expect::Room(room, Bytes::copy_from_slice(text.as_bytes())),
+            Expect::Room(Delivery::new(room, data, text, info)),
         )
     };
     let dropped = |p: String| (Bytes::from(p), Expect::Dropped);
@@ -290,23 +602,31 @@ fn external_payload(room: usize, kind: u8) -> (Bytes, Expect) {
     match kind % 14 {
         0 => deliver(
             format!(r#"{{"type":"sendMessage","roomId":{r},"message":"hi"}}"#),
+            r#""hi""#,
             "hi",
+            None,
         ),
         1 => deliver(
             format!(r#"{{"type":"sendMessage","roomId":{r},"message":{{"n": [1, 2]}}}}"#),
             r#"{"n":[1,2]}"#,
+            r#"{"n":[1,2]}"#,
+            None,
         ),
         2 => deliver(
             format!(
                 r#"{{"type":"sendMessage","roomId":{r},"message":"from c","info":{{"user":"u1"}}}}"#
             ),
+            r#""from c""#,
             "from c",
+            Some(r#"{"user":"u1"}"#),
         ),
         3 => deliver(
             format!(
                 r#"{{"info": {{"user": "u2", "client": "c2"}}, "message": 7, "roomId": {r}, "type": "sendMessage"}}"#
             ),
             "7",
+            "7",
+            Some(r#"{"user":"u2","client":"c2"}"#),
         ),
         4 => dropped(format!(
             r#"{{"type":"sendMessage","roomId":{r},"message":"x","info":"u"}}"#
@@ -321,18 +641,22 @@ fn external_payload(room: usize, kind: u8) -> (Bytes, Expect) {
         ),
         10 => {
             let (p, fill) = sized(MAX_BROKER_PAYLOAD);
-            deliver(p, &fill)
+            deliver(p, &format!("\"{fill}\""), &fill, None)
         }
         11 => dropped(format!(r#"{{"type":"sendMessage","roomId":{r}}}"#)),
         12 => deliver(
             format!(
                 r#"{{"type":"sendMessage","roomId":{r},"message":"tutorial","from":"node.js"}}"#
             ),
+            r#""tutorial""#,
             "tutorial",
+            None,
         ),
         _ => deliver(
             format!(r#"{{"type":"sendMessage","roomId":{r},"message":null}}"#),
             "null",
+            "null",
+            None,
         ),
     }
 }
@@ -372,6 +696,9 @@ const HTTP: [(&[u8], HttpExpect); 7] = [
 ];
 
 const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A Centrifugo SDK's upgrade: its path and subprotocol.
+const CF_UPGRADE: &[u8] = b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: centrifuge-json\r\n\r\n";
 
 /// How a harness's node is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Arbitrary)]
@@ -428,7 +755,7 @@ impl Setup {
             seed_protocol: true,
             max_sockets: MAX_SOCKETS,
             operator_reserve: OPERATOR_RESERVE,
-            node_id: "n".into(),
+            node_id: NODE_ID.into(),
             timers: ClientTimers {
                 ws_ping_interval: if self.no_keepalive {
                     Duration::ZERO
@@ -436,30 +763,53 @@ impl Setup {
                     300 * MS
                 },
                 ws_pong_timeout: 200 * MS,
-                ..ClientTimers::default()
+                // Longer than the interval: a second ping may go out while
+                // the first is unanswered, and does not move the deadline.
+                ping_interval: 200 * MS,
+                pong_timeout: 250 * MS,
+                connect_timeout: 150 * MS,
             },
             wall_origin: 0,
         }
     }
 }
 
+/// The protocol of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
+pub enum Proto {
+    /// The tutorial's protocol (any path but `/connection/websocket`).
+    Seed,
+    /// Centrifugo's: the client sends its `connect` at once, and reads the
+    /// reply.
+    Centrifugo,
+    /// Centrifugo's, the `connect` left to an [`Op::Connect`] (or never:
+    /// the connection goes stale).
+    CentrifugoLate,
+}
+
 /// One input to the system. Connection, room and kind operands are
 /// indices taken modulo what exists, so every value is meaningful and
-/// shrinking never points at nothing.
+/// shrinking never points at nothing. Every operation on a connection is
+/// sent in the connection's own protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
 pub enum Op {
     /// A socket is accepted and its upgrade answered, then the connection
     /// opens. `true`: the upgrade was answered before (a shutdown may have
     /// come since), so the connection opens at once.
-    Open(bool),
+    Open(bool, Proto),
     Subscribe(u8, u8),
     Unsubscribe(u8, u8),
     /// (connection, room, message; its frame layout from the message index).
     Send(u8, u8, u8),
-    /// A bad frame, or one the WebSocket layer refused.
+    /// A bad frame, or one the WebSocket layer refused; for a Centrifugo
+    /// connection also the commands roomcast answers with an error or
+    /// ignores.
     Bad(u8, u8),
-    /// A ping or pong from the client.
+    /// A ping or pong from the client (Centrifugo: its `{}` pong).
     Pong(u8),
+    /// A Centrifugo client's connect command (a second one is a bad
+    /// request); sent to a seed connection, it is a frame without a type.
+    Connect(u8),
     /// The connection's writer takes everything it can.
     Drain(u8),
     /// The connection's reader stops (`true`: the client sent a close); the
@@ -514,9 +864,22 @@ impl Pub {
     }
 }
 
+/// A Centrifugo connection's session, as the model has it.
+#[derive(Debug, Clone)]
+struct CfState {
+    connected: bool,
+    opened: Duration,
+    next_ping: Option<Duration>,
+    pong_deadline: Option<Duration>,
+    /// The client's next command id.
+    next_id: u32,
+}
+
 #[derive(Debug)]
 struct MConn {
     id: ConnId,
+    /// `Some` for a Centrifugo connection.
+    cf: Option<CfState>,
     /// In the hub (not closing).
     open: bool,
     rooms: BTreeSet<usize>,
@@ -531,9 +894,11 @@ struct MConn {
     // keepalive
     heard: Duration,
     pinged: Option<Duration>,
-    // rate limit: a bucket of `rate` tokens, in millionths
+    // rate limit: a bucket of `rate` tokens, in millionths, and the
+    // commands refused since the last allowed one
     tokens: u64,
     last: Duration,
+    refused: u64,
     // wakers
     writer_waiting: bool,
     expect_writer_wake: bool,
@@ -598,6 +963,39 @@ impl MConn {
             self.expect_writer_wake = true;
         }
     }
+
+    fn connected(&self) -> bool {
+        self.cf.as_ref().is_some_and(|cf| cf.connected)
+    }
+
+    /// The close of a slow consumer, in the connection's protocol.
+    fn slow_close(&self) -> (u16, &'static str) {
+        if self.cf.is_some() {
+            (3008, "slow")
+        } else {
+            (1008, "slow consumer")
+        }
+    }
+
+    /// The close at shutdown, in the connection's protocol.
+    fn shutdown_close(&self) -> (u16, &'static str) {
+        if self.cf.is_some() {
+            (3001, "shutdown")
+        } else {
+            (1001, "going away")
+        }
+    }
+}
+
+/// The rate limiter's verdict on a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    /// Refused (Centrifugo: 111).
+    Refused,
+    /// Refused more than a second's worth since the last allowed command
+    /// (Centrifugo: 3013).
+    Exceeded,
 }
 
 /// The model's view of the broker session.
@@ -671,7 +1069,7 @@ struct Model {
     counters: Counters,
     publishes: u64,
     /// Payloads the clients published: what a member gets for each.
-    known: BTreeMap<Bytes, (usize, Bytes)>,
+    known: BTreeMap<Bytes, Delivery>,
     // counters outside the broker
     connections_opened: u64,
     frames_received: u64,
@@ -683,6 +1081,7 @@ struct Model {
     rate_limited: u64,
     no_pong_closes: u64,
     bad_frames: BTreeMap<&'static str, u64>,
+    cf_bad_commands: BTreeMap<&'static str, u64>,
     handshake_failures: u64,
     rejected: u64,
     http_requests: u64,
@@ -691,6 +1090,20 @@ struct Model {
     accept_suppressed: u64,
     /// (nominal, actual) of every reconnect delay.
     backoffs: Vec<(Duration, Duration)>,
+    /// What the run did, for [`Tally`].
+    seen: Seen,
+}
+
+/// What a run did in the clients' protocols (see [`Tally`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Seen {
+    cf_connects: u64,
+    cf_pushes: u64,
+    cf_pushes_with_info: u64,
+    seed_deliveries_with_info: u64,
+    cf_pings: u64,
+    cf_errors: BTreeMap<u32, u64>,
+    closes: BTreeMap<u16, u64>,
 }
 
 impl Model {
@@ -729,6 +1142,7 @@ impl Model {
             rate_limited: 0,
             no_pong_closes: 0,
             bad_frames: BTreeMap::new(),
+            cf_bad_commands: BTreeMap::new(),
             handshake_failures: 0,
             rejected: 0,
             http_requests: 0,
@@ -736,6 +1150,7 @@ impl Model {
             accept_log: None,
             accept_suppressed: 0,
             backoffs: Vec::new(),
+            seen: Seen::default(),
             cfg,
         };
         if !local {
@@ -809,37 +1224,69 @@ impl Model {
         c.open = false;
         c.rooms.clear();
         c.wake_writer();
+        *self.seen.closes.entry(code).or_default() += 1;
     }
 
     /// A slow consumer: its queue is discarded, it is closed and counted.
     fn slow(&mut self, i: usize) {
         if self.conns[i].close.is_none() {
             self.slow_consumer_closes += 1;
-            self.close(i, 1008, "slow consumer", true);
+            let (code, reason) = self.conns[i].slow_close();
+            self.close(i, code, reason, true);
         }
     }
 
-    /// One frame to every member of `room`.
-    fn deliver(&mut self, room: usize, text: &Bytes) {
-        let members = self.members(room);
-        self.deliveries += members.len() as u64;
+    /// Queues a frame for connection `i`, as `Node::send` does: nothing
+    /// once it is closing; a full outbox makes it a slow consumer.
+    fn send(&mut self, i: usize, frame: Bytes) {
         let max = self.hub().limits.max_outbound_bytes;
+        let c = &mut self.conns[i];
+        if c.close.is_some() {
+            return;
+        }
+        if c.bytes >= max {
+            self.slow(i);
+        } else {
+            c.bytes += frame.len();
+            c.queue.push_back(frame);
+            c.wake_writer();
+        }
+    }
+
+    /// A Centrifugo error reply.
+    fn send_error(&mut self, i: usize, id: u32, code: u32) {
+        if self.conns[i].close.is_none() {
+            *self.seen.cf_errors.entry(code).or_default() += 1;
+        }
+        self.send(i, cf_error(id, code));
+    }
+
+    /// One frame to every member of its room, in the member's protocol.
+    fn deliver(&mut self, d: &Delivery) {
+        let members = self.members(d.room);
+        self.deliveries += members.len() as u64;
         for i in members {
-            let c = &mut self.conns[i];
-            if c.bytes >= max {
-                self.slow(i);
+            let cf = self.conns[i].cf.is_some();
+            self.send(i, if cf { d.cf.clone() } else { d.seed.clone() });
+            if self.conns[i].close.is_some() {
+                // A slow consumer now.
+                continue;
+            }
+            if cf {
+                self.seen.cf_pushes += 1;
+                self.seen.cf_pushes_with_info += u64::from(d.info);
             } else {
-                c.bytes += text.len();
-                c.queue.push_back(text.clone());
-                c.wake_writer();
+                self.seen.seed_deliveries_with_info += u64::from(d.info);
             }
         }
     }
 
-    fn allowed(&mut self, i: usize, now: Duration) -> bool {
+    /// The command rate limit: a bucket of `rate` tokens, refilled at
+    /// `rate` per second.
+    fn verdict(&mut self, i: usize, now: Duration) -> Verdict {
         let rate = u64::from(self.hub().limits.max_commands_per_sec);
         if rate == 0 {
-            return true;
+            return Verdict::Allowed;
         }
         let c = &mut self.conns[i];
         let elapsed = now.saturating_sub(c.last).as_micros() as u64;
@@ -847,14 +1294,20 @@ impl Model {
         c.tokens = (c.tokens + elapsed * rate).min(rate * 1_000_000);
         if c.tokens >= 1_000_000 {
             c.tokens -= 1_000_000;
-            true
+            c.refused = 0;
+            Verdict::Allowed
         } else {
-            false
+            c.refused += 1;
+            if c.refused > rate {
+                Verdict::Exceeded
+            } else {
+                Verdict::Refused
+            }
         }
     }
 
     fn conn_deadline(&self, i: usize) -> Option<Duration> {
-        keepalive_deadline(&self.cfg.timers, &self.conns[i])
+        conn_deadline(&self.cfg.timers, &self.conns[i])
     }
 
     fn conn_timeout(&mut self, i: usize, now: Duration) {
@@ -865,14 +1318,30 @@ impl Model {
         if now < d || self.conns[i].close.is_some() {
             return;
         }
+        let timers = self.cfg.timers.clone();
         let c = &mut self.conns[i];
-        if c.pinged.is_some() {
-            self.no_pong_closes += 1;
-            self.close(i, 1008, "no pong", false);
-        } else {
-            c.pinged = Some(now);
-            c.ping = true;
-            c.wake_writer();
+        match &mut c.cf {
+            None if c.pinged.is_some() => {
+                self.no_pong_closes += 1;
+                self.close(i, 1008, "no pong", false);
+            }
+            None => {
+                c.pinged = Some(now);
+                c.ping = true;
+                c.wake_writer();
+            }
+            Some(cf) if !cf.connected => self.close(i, 3502, "stale", false),
+            Some(cf) if cf.pong_deadline.is_some_and(|d| now >= d) => {
+                self.no_pong_closes += 1;
+                self.close(i, 3012, "no pong", false);
+            }
+            Some(cf) => {
+                // Due (the deadline is the earlier of the two).
+                cf.next_ping = Some(now + timers.ping_interval);
+                cf.pong_deadline = cf.pong_deadline.or(Some(now + timers.pong_timeout));
+                self.seen.cf_pings += 1;
+                self.send(i, Bytes::from_static(b"{}"));
+            }
         }
     }
 
@@ -882,6 +1351,10 @@ impl Model {
             return false;
         }
         self.frames_received += 1;
+        if self.conns[i].cf.is_some() {
+            self.cf_frame(i, input, now);
+            return self.conns[i].close.is_none();
+        }
         let c = &mut self.conns[i];
         c.heard = now;
         c.pinged = None;
@@ -891,14 +1364,14 @@ impl Model {
                 *self.bad_frames.entry(label).or_default() += 1;
                 self.close(i, code, &reason, false);
             }
-            Input::Command(cmd) => {
-                if !self.allowed(i, now) {
+            Input::Command(cmd) => match self.verdict(i, now) {
+                Verdict::Allowed => self.command(i, cmd),
+                Verdict::Refused | Verdict::Exceeded => {
                     self.rate_limited += 1;
                     self.close(i, 1008, "too many requests", false);
-                } else {
-                    self.command(i, cmd);
                 }
-            }
+            },
+            other => panic!("{other:?} for a seed connection"),
         }
         self.conns[i].close.is_none()
     }
@@ -924,19 +1397,139 @@ impl Model {
             Command::Unsubscribe(room) => {
                 self.conns[i].rooms.remove(&room);
             }
-            Command::Send(room, message) => {
-                let text = Bytes::from_static(MESSAGES[message].2.as_bytes());
-                if self.local {
-                    self.deliver(room, &text);
+            Command::Send(room, message) => self.client_publish(room, message, None),
+            other => panic!("{other:?} from a seed client"),
+        }
+    }
+
+    /// A client's message for `room`: delivered at once in embedded mode,
+    /// else published (and remembered, to know it when it comes back).
+    fn client_publish(&mut self, room: usize, message: usize, info: Option<String>) {
+        let d = Delivery::message(room, message, info.as_deref());
+        if self.local {
+            self.deliver(&d);
+        } else {
+            let payload = Bytes::from(match &info {
+                Some(info) => cf_publish_payload(room, message, info),
+                None => publish_payload(room, message),
+            });
+            self.known.insert(payload.clone(), d);
+            self.publish(Pub {
+                channel: channel(room),
+                payload,
+            });
+        }
+    }
+
+    /// A frame from Centrifugo connection `i` (open, counted).
+    fn cf_frame(&mut self, i: usize, input: Input, now: Duration) {
+        let items = match input {
+            // A WebSocket ping or pong: no Centrifugo pong.
+            Input::Control => return,
+            Input::CfClosed(code, reason) => return self.close(i, code, reason, false),
+            Input::CfRefused(label) => {
+                self.cf_pong(i);
+                *self.cf_bad_commands.entry(label).or_default() += 1;
+                return self.close(i, 3501, "bad request", false);
+            }
+            Input::Cf(items) => items,
+            other => panic!("{other:?} for a Centrifugo connection"),
+        };
+        // Any text frame shows the client is alive.
+        self.cf_pong(i);
+        for item in items {
+            if self.conns[i].close.is_some() {
+                return;
+            }
+            match item {
+                CfItem::Bad { label, reply } => {
+                    *self.cf_bad_commands.entry(label).or_default() += 1;
+                    match reply {
+                        // Nothing but a valid connect before connect.
+                        Some((id, code)) if self.conns[i].connected() => {
+                            self.send_error(i, id, code)
+                        }
+                        _ => return self.close(i, 3501, "bad request", false),
+                    }
+                }
+                CfItem::Ok(_, Command::Pong) => {}
+                CfItem::Ok(id, cmd) => match self.verdict(i, now) {
+                    Verdict::Allowed => self.cf_command(i, id, cmd, now),
+                    Verdict::Refused => {
+                        self.rate_limited += 1;
+                        // A `send` is never answered: refused, it is dropped.
+                        if !matches!(cmd, Command::Ignored) {
+                            self.send_error(i, id, 111);
+                        }
+                    }
+                    Verdict::Exceeded => {
+                        self.rate_limited += 1;
+                        return self.close(i, 3013, "too many requests", false);
+                    }
+                },
+            }
+        }
+    }
+
+    fn cf_pong(&mut self, i: usize) {
+        if let Some(cf) = &mut self.conns[i].cf {
+            cf.pong_deadline = None;
+        }
+    }
+
+    fn cf_command(&mut self, i: usize, id: u32, cmd: Command, now: Duration) {
+        let max = self.hub().limits.max_rooms_per_conn;
+        let timers = self.cfg.timers.clone();
+        let connected = self.conns[i].connected();
+        if !connected && !matches!(cmd, Command::Connect) {
+            return self.close(i, 3501, "bad request", false);
+        }
+        let conn = self.conns[i].id;
+        match cmd {
+            Command::Connect if connected => self.close(i, 3501, "bad request", false),
+            Command::Connect => {
+                let cf = self.conns[i].cf.as_mut().expect("a Centrifugo connection");
+                cf.connected = true;
+                cf.next_ping = Some(now + timers.ping_interval);
+                self.seen.cf_connects += 1;
+                self.send(i, cf_connect_reply(id, conn, &timers));
+            }
+            Command::Subscribe(room) => {
+                let c = &mut self.conns[i];
+                if c.rooms.contains(&room) {
+                    self.send_error(i, id, 105);
+                } else if c.rooms.len() >= max {
+                    self.send_error(i, id, 106);
                 } else {
-                    let payload = Bytes::from(publish_payload(room, message));
-                    self.known.insert(payload.clone(), (room, text));
-                    self.publish(Pub {
-                        channel: channel(room),
-                        payload,
-                    });
+                    c.rooms.insert(room);
+                    self.send(i, cf_reply(id, "subscribe"));
                 }
             }
+            Command::Unsubscribe(room) => {
+                self.conns[i].rooms.remove(&room);
+                self.send(i, cf_reply(id, "unsubscribe"));
+            }
+            Command::Send(room, message) => {
+                self.client_publish(room, message, Some(cf_info(conn)));
+                self.send(i, cf_reply(id, "publish"));
+            }
+            Command::Error(code) => self.send_error(i, id, code),
+            Command::Refresh => self.send(
+                i,
+                Bytes::from(format!(
+                    r#"{{"id":{id},"refresh":{{"client":"{NODE_ID}-{}","version":"{VERSION}"}}}}"#,
+                    conn.0
+                )),
+            ),
+            Command::SubRefresh(room) => {
+                if self.conns[i].rooms.contains(&room) {
+                    self.send(i, cf_reply(id, "sub_refresh"));
+                } else {
+                    self.send_error(i, id, 103);
+                }
+            }
+            Command::Ignored => {}
+            Command::Pong => unreachable!("a pong is no command"),
         }
     }
 
@@ -965,9 +1558,9 @@ impl Model {
             return;
         }
         match expect {
-            Expect::Room(room, text) => {
-                let text = text.clone();
-                self.deliver(*room, &text)
+            Expect::Room(d) => {
+                let d = d.clone();
+                self.deliver(&d)
             }
             Expect::Dropped => self.payloads_dropped += 1,
             Expect::Probe | Expect::TooLarge => panic!("{expect:?} for {channel}"),
@@ -1225,7 +1818,8 @@ impl Model {
         self.stopped = true;
         for i in 0..self.conns.len() {
             if self.conns[i].open {
-                self.close(i, 1001, "going away", false);
+                let (code, reason) = self.conns[i].shutdown_close();
+                self.close(i, code, reason, false);
             }
         }
         if self.link == Link::Stopped {
@@ -1404,7 +1998,10 @@ impl Model {
                 .iter()
                 .map(|l| (*l, self.bad_frames.get(l).copied().unwrap_or(0)))
                 .collect(),
-            cf_bad_commands: crate::node::CF_LABELS.iter().map(|l| (*l, 0)).collect(),
+            cf_bad_commands: crate::node::CF_LABELS
+                .iter()
+                .map(|l| (*l, self.cf_bad_commands.get(l).copied().unwrap_or(0)))
+                .collect(),
             origin_refused: 0,
             auth_refused: 0,
             handshake_failures: self.handshake_failures,
@@ -1420,13 +2017,47 @@ enum Command {
     Subscribe(usize),
     Unsubscribe(usize),
     Send(usize, usize),
+    // Centrifugo's only:
+    Connect,
+    /// `{}`: no command, and not rate-limited.
+    Pong,
+    /// Answered with this error (presence, history, ping, rpc).
+    Error(u32),
+    Refresh,
+    SubRefresh(usize),
+    /// A `send`: taken, and nothing done.
+    Ignored,
+}
+
+/// One command of a Centrifugo frame.
+#[derive(Debug, Clone, Copy)]
+enum CfItem {
+    /// A valid command and its id.
+    Ok(u32, Command),
+    /// A bad one, counted under `label`: answered with (id, error code)
+    /// when it has an id a reply can carry, else closed 3501.
+    Bad {
+        label: &'static str,
+        reply: Option<(u32, u32)>,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Input {
+    /// A WebSocket ping or pong.
     Control,
+    /// Seed: a valid frame.
     Command(Command),
+    /// Seed: a bad frame: (close code, reason, metric label).
     Bad(u16, String, &'static str),
+    /// Centrifugo: a text frame that parses, its commands in order.
+    Cf(Vec<CfItem>),
+    /// Centrifugo: a text frame refused whole (counted under this label):
+    /// closed 3501.
+    CfRefused(&'static str),
+    /// Centrifugo: a frame the WebSocket layer refused: closed with this,
+    /// not counted.
+    CfClosed(u16, &'static str),
 }
 
 // ---------------------------------------------------------------------
@@ -1458,6 +2089,7 @@ struct Sim {
     unreported: u64,
     /// Broker messages handed to the node that the node had published.
     echoed_publishes: u64,
+    echoed_cf_publishes: u64,
     probes_echoed: u64,
 }
 
@@ -1522,14 +2154,53 @@ struct Task {
 
 /// What a harness run did, for tests that check a scenario exercised what
 /// it means to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     pub probes_echoed: u64,
     pub echoed_publishes: u64,
+    /// Of those, a Centrifugo client's (its envelope carries `info`).
+    pub echoed_cf_publishes: u64,
     /// Publishes lost to the node's accounting (see
     /// [`UNREPORTED_PUBLISHES_TOLERATED`]).
     pub unreported: u64,
+    /// WebSocket pings the seed keepalive sent.
     pub keepalive_pings: u64,
+    /// Centrifugo connections connected.
+    pub cf_connects: u64,
+    /// Pushes queued for Centrifugo members, and those with a publisher's
+    /// `info`.
+    pub cf_pushes: u64,
+    pub cf_pushes_with_info: u64,
+    /// Messages with a Centrifugo publisher's `info` queued for seed members.
+    pub seed_deliveries_with_info: u64,
+    /// Centrifugo `{}` pings queued.
+    pub cf_pings: u64,
+    /// Centrifugo error replies queued, by code.
+    pub cf_errors: BTreeMap<u32, u64>,
+    /// Closes queued, by code (both protocols).
+    pub closes: BTreeMap<u16, u64>,
+}
+
+impl Tally {
+    /// Adds another run's.
+    pub fn add(&mut self, o: &Tally) {
+        self.probes_echoed += o.probes_echoed;
+        self.echoed_publishes += o.echoed_publishes;
+        self.echoed_cf_publishes += o.echoed_cf_publishes;
+        self.unreported += o.unreported;
+        self.keepalive_pings += o.keepalive_pings;
+        self.cf_connects += o.cf_connects;
+        self.cf_pushes += o.cf_pushes;
+        self.cf_pushes_with_info += o.cf_pushes_with_info;
+        self.seed_deliveries_with_info += o.seed_deliveries_with_info;
+        self.cf_pings += o.cf_pings;
+        for (k, v) in &o.cf_errors {
+            *self.cf_errors.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.closes {
+            *self.closes.entry(*k).or_default() += v;
+        }
+    }
 }
 
 /// Drives a [`Node`] and the model together. Panics (with a description)
@@ -1608,11 +2279,20 @@ impl Harness {
     }
 
     pub fn tally(&self) -> Tally {
+        let seen = &self.model.seen;
         Tally {
             probes_echoed: self.sim.probes_echoed,
             echoed_publishes: self.sim.echoed_publishes,
+            echoed_cf_publishes: self.sim.echoed_cf_publishes,
             unreported: self.sim.unreported,
             keepalive_pings: self.pings,
+            cf_connects: seen.cf_connects,
+            cf_pushes: seen.cf_pushes,
+            cf_pushes_with_info: seen.cf_pushes_with_info,
+            seed_deliveries_with_info: seen.seed_deliveries_with_info,
+            cf_pings: seen.cf_pings,
+            cf_errors: seen.cf_errors.clone(),
+            closes: seen.closes.clone(),
         }
     }
 
@@ -1630,20 +2310,22 @@ impl Harness {
     /// Applies one operation to both sides, then checks every invariant.
     pub fn apply(&mut self, op: Op) {
         match op {
-            Op::Open(raced) => self.open(raced),
+            Op::Open(raced, proto) => self.open(raced, proto),
             Op::Subscribe(c, r) => {
                 let room = r as usize % ROOMS.len();
-                self.text(
+                self.command(
                     c,
-                    subscribe_frame(room).as_bytes(),
+                    || subscribe_frame(room),
+                    |id| cf_subscribe_frame(id, room),
                     Command::Subscribe(room),
                 );
             }
             Op::Unsubscribe(c, r) => {
                 let room = r as usize % ROOMS.len();
-                self.text(
+                self.command(
                     c,
-                    unsubscribe_frame(room).as_bytes(),
+                    || unsubscribe_frame(room),
+                    |id| cf_unsubscribe_frame(id, room),
                     Command::Unsubscribe(room),
                 );
             }
@@ -1651,23 +2333,49 @@ impl Harness {
                 let room = r as usize % ROOMS.len();
                 let message = m as usize % MESSAGES.len();
                 let layout = m as usize / MESSAGES.len();
-                let frame = send_frame(room, message, layout);
-                self.text(c, frame.as_bytes(), Command::Send(room, message));
+                self.command(
+                    c,
+                    || send_frame(room, message, layout),
+                    |id| cf_publish_frame(id, room, message, layout),
+                    Command::Send(room, message),
+                );
             }
+            Op::Connect(c) => self.command(
+                c,
+                || cf_connect_frame(1),
+                cf_connect_frame,
+                Command::Connect,
+            ),
             Op::Bad(c, k) => {
-                let (input, code, reason, label) = bad_input(k);
-                let long = vec![b' '; MAX_FRAME + 1];
-                let inbound = match input {
-                    BadInput::Text(b) => Inbound::Text(b),
-                    BadInput::LongText => Inbound::Text(&long),
-                    BadInput::Binary => Inbound::Binary,
-                    BadInput::TooLarge => Inbound::TooLarge,
-                    BadInput::NotUtf8 => Inbound::NotUtf8,
-                    BadInput::Protocol => Inbound::ProtocolError,
-                };
-                self.frame(c, inbound, Input::Bad(code, reason, label));
+                if let Some(i) = self.reader(c) {
+                    let (raw, input) = if self.model.conns[i].cf.is_some() {
+                        // An entry takes one id, or two.
+                        cf_other_input(k, self.cf_ids(i, 2))
+                    } else {
+                        let (input, code, reason, label) = bad_input(k);
+                        let raw = match input {
+                            BadInput::Text(b) => Raw::Text(b.to_vec()),
+                            BadInput::LongText => Raw::Text(vec![b' '; MAX_FRAME + 1]),
+                            BadInput::Binary => Raw::Binary,
+                            BadInput::TooLarge => Raw::TooLarge,
+                            BadInput::NotUtf8 => Raw::NotUtf8,
+                            BadInput::Protocol => Raw::Protocol,
+                        };
+                        (raw, Input::Bad(code, reason, label))
+                    };
+                    self.feed(i, &raw, input);
+                }
             }
-            Op::Pong(c) => self.frame(c, Inbound::Control, Input::Control),
+            Op::Pong(c) => {
+                if let Some(i) = self.reader(c) {
+                    if self.model.conns[i].cf.is_some() {
+                        let pong = Raw::Text(b"{}".to_vec());
+                        self.feed(i, &pong, Input::Cf(vec![CfItem::Ok(0, Command::Pong)]));
+                    } else {
+                        self.feed(i, &Raw::Control, Input::Control);
+                    }
+                }
+            }
             Op::Drain(c) => {
                 if let Some(i) = self.pick(c) {
                     self.drain(i, false);
@@ -1774,12 +2482,18 @@ impl Harness {
         Some((got?, want?))
     }
 
-    fn open(&mut self, raced: bool) {
+    fn open(&mut self, raced: bool, proto: Proto) {
+        let cf = proto != Proto::Seed;
+        let protocol = if cf {
+            ClientProtocol::Centrifugo
+        } else {
+            ClientProtocol::Seed
+        };
         let Some((admitted, full)) = self.admit() else {
             return;
         };
         if !raced {
-            let admitted = Self::read_head(admitted, UPGRADE);
+            let admitted = Self::read_head(admitted, if cf { CF_UPGRADE } else { UPGRADE });
             let reply = self.node.answer(admitted, self.now);
             if full || self.model.stopped {
                 self.model.rejected += 1;
@@ -1796,17 +2510,23 @@ impl Harness {
                 self.model.sockets -= 1;
                 return;
             }
+            let subprotocol: &[u8] = b"\r\nSec-WebSocket-Protocol: centrifuge-json\r\n";
             match reply {
                 Reply::Upgrade {
                     response,
                     rest,
-                    protocol: ClientProtocol::Seed,
-                    ..
-                } if response.starts_with(b"HTTP/1.1 101 ") && rest.is_empty() => {}
+                    protocol: p,
+                    claims,
+                } if p == protocol
+                    // A Centrifugo client's token comes with its connect.
+                    && claims.is_none() == cf
+                    && response.starts_with(b"HTTP/1.1 101 ")
+                    && rest.is_empty()
+                    && response.windows(subprotocol.len()).any(|w| w == subprotocol) == cf => {}
                 other => panic!("k: the upgrade: {other:?}"),
             }
         }
-        let conn = self.node.open(ClientProtocol::Seed, None, self.now);
+        let conn = self.node.open(protocol, None, self.now);
         let m = &mut self.model;
         m.connections_opened += 1;
         let id = if m.stopped {
@@ -1816,14 +2536,22 @@ impl Harness {
             ConnId(m.next_id - 1)
         };
         assert_eq!(conn.id(), id, "ids are sequential and never reused");
-        m.conns.push(MConn {
+        assert_eq!(conn.protocol(), protocol);
+        let mut c = MConn {
             id,
+            cf: cf.then_some(CfState {
+                connected: false,
+                opened: self.now,
+                next_ping: None,
+                pong_deadline: None,
+                next_id: 1,
+            }),
             open: !m.stopped,
             rooms: BTreeSet::new(),
             queue: VecDeque::new(),
             bytes: 0,
             ping: false,
-            close: m.stopped.then(|| (1001, "going away".to_string())),
+            close: None,
             abort: false,
             close_taken: false,
             reading: true,
@@ -1831,15 +2559,31 @@ impl Harness {
             pinged: None,
             tokens: u64::from(m.cfg.hub.limits.max_commands_per_sec) * 1_000_000,
             last: self.now,
+            refused: 0,
             writer_waiting: false,
             expect_writer_wake: false,
             expect_abort_wake: false,
-        });
+        };
+        if m.stopped {
+            let (code, reason) = c.shutdown_close();
+            c.close = Some((code, reason.into()));
+        }
+        m.conns.push(c);
         self.tasks.push(Task {
             conn,
             writer: Waking::new(),
             abort: Waking::new(),
         });
+        let i = self.tasks.len() - 1;
+        if proto == Proto::Centrifugo && self.model.conns[i].close.is_none() {
+            // The client connects at once, and reads the reply.
+            let id = self.cf_ids(i, 1);
+            let frame = Raw::Text(cf_connect_frame(id).into_bytes());
+            self.feed(i, &frame, Input::Cf(vec![CfItem::Ok(id, Command::Connect)]));
+            if self.model.conns[i].close.is_none() {
+                self.drain(i, false);
+            }
+        }
     }
 
     fn http(&mut self, k: u8) {
@@ -1878,11 +2622,17 @@ impl Harness {
                 assert_eq!(status(r), Some(200));
                 let text = String::from_utf8_lossy(r);
                 let want = self.model.snapshot();
+                let cf_bad = want.cf_bad_commands.iter().map(|(label, n)| {
+                    format!("roomcast_centrifugo_bad_commands_total{{reason=\"{label}\"}} {n}\n")
+                });
                 for line in [
                     format!("roomcast_connections {}\n", want.connections),
                     format!("roomcast_broker_up {}\n", u8::from(want.broker_up)),
                     format!("roomcast_deliveries_total {}\n", want.deliveries),
-                ] {
+                ]
+                .into_iter()
+                .chain(cf_bad)
+                {
                     assert!(text.contains(&line), "k: /metrics lacks {line:?}");
                 }
             }
@@ -1896,25 +2646,68 @@ impl Harness {
         self.model.sockets -= 1;
     }
 
-    fn text(&mut self, c: u8, bytes: &[u8], cmd: Command) {
-        let input = if bytes.len() > MAX_FRAME {
-            let reason = format!("frame larger than {MAX_FRAME} bytes");
-            Input::Bad(1009, reason, "too_large")
-        } else {
-            Input::Command(cmd)
-        };
-        self.frame(c, Inbound::Text(bytes), input);
+    /// The connection operand `c`'s index, if its reader still runs.
+    fn reader(&self, c: u8) -> Option<usize> {
+        self.pick(c).filter(|&i| self.model.conns[i].reading)
     }
 
-    /// Feeds a frame to a connection whose reader still runs.
-    fn frame(&mut self, c: u8, inbound: Inbound<'_>, input: Input) {
-        let Some(i) = self.pick(c) else {
+    /// The Centrifugo client `i`'s next command id; `n` ids are used.
+    fn cf_ids(&mut self, i: usize, n: u32) -> u32 {
+        let cf = self.model.conns[i]
+            .cf
+            .as_mut()
+            .expect("a Centrifugo client");
+        let id = cf.next_id;
+        cf.next_id += n;
+        id
+    }
+
+    /// Sends a command in connection `c`'s protocol: `seed` makes the
+    /// seed frame, `cf` the Centrifugo frame given its id.
+    fn command(
+        &mut self,
+        c: u8,
+        seed: impl FnOnce() -> String,
+        cf: impl FnOnce(u32) -> String,
+        cmd: Command,
+    ) {
+        let Some(i) = self.reader(c) else {
             return;
         };
-        if !self.model.conns[i].reading {
-            return;
+        if self.model.conns[i].cf.is_some() {
+            let id = self.cf_ids(i, 1);
+            let text = cf(id);
+            let input = if text.len() > MAX_FRAME {
+                Input::CfRefused("too_large")
+            } else {
+                // A layout may put a pong first.
+                let pong = text
+                    .starts_with("{}\n")
+                    .then_some(CfItem::Ok(0, Command::Pong));
+                Input::Cf(pong.into_iter().chain([CfItem::Ok(id, cmd)]).collect())
+            };
+            self.feed(i, &Raw::Text(text.into_bytes()), input);
+        } else {
+            let text = seed();
+            let input = if text.len() > MAX_FRAME {
+                let reason = format!("frame larger than {MAX_FRAME} bytes");
+                Input::Bad(1009, reason, "too_large")
+            } else if matches!(cmd, Command::Connect) {
+                // Another protocol's command: no `type`.
+                Input::Bad(1008, "missing type".into(), "missing_type")
+            } else {
+                Input::Command(cmd)
+            };
+            self.feed(i, &Raw::Text(text.into_bytes()), input);
         }
-        let go = self.node.frame(&self.tasks[i].conn, inbound, self.now);
+    }
+
+    /// Feeds a frame to connection `i`, whose reader runs.
+    fn feed(&mut self, i: usize, raw: &Raw, input: Input) {
+        assert!(self.model.conns[i].reading);
+        let go = self
+            .node
+            .frame(&self.tasks[i].conn, raw.inbound(), self.now);
         let want = self.model.frame(i, input, self.now);
         assert_eq!(go, want, "h: whether reading goes on");
         if !go {
@@ -2105,7 +2898,8 @@ impl Harness {
                 if ok {
                     for (ch, payload) in batch {
                         let expect = match self.model.known.get(&payload) {
-                            Some((room, text)) => Expect::Room(*room, text.clone()),
+                            Some(_) if payload.len() > MAX_BROKER_PAYLOAD => Expect::TooLarge,
+                            Some(d) => Expect::Room(d.clone()),
                             None => panic!("g: a publish the clients never made: {payload:?}"),
                         };
                         self.redis_publish(ch, payload, expect);
@@ -2185,8 +2979,9 @@ impl Harness {
         };
         if expect == Expect::Probe {
             self.sim.probes_echoed += 1;
-        } else if self.model.known.contains_key(&payload) {
+        } else if let Some(d) = self.model.known.get(&payload) {
             self.sim.echoed_publishes += 1;
+            self.sim.echoed_cf_publishes += u64::from(d.info);
         }
         self.broker_message(channel, payload, expect);
         true
@@ -2515,7 +3310,7 @@ impl Harness {
                 let got = self.node.conn_deadline(&t.conn);
                 assert_eq!(
                     got,
-                    keepalive_deadline(&timers, c),
+                    conn_deadline(&timers, c),
                     "k: keepalive deadline of {id}"
                 );
             }
@@ -2532,19 +3327,33 @@ impl Harness {
     }
 }
 
-/// The lines of two values' pretty `Debug` that differ: (node, model).
+/// The lines of two values' pretty `Debug` that differ: (node, model),
+/// after the line before when it names them (a label's count).
 fn diff<T: std::fmt::Debug>(node: &T, model: &T) -> String {
     let (a, b) = (format!("{node:#?}"), format!("{model:#?}"));
-    a.lines()
-        .zip(b.lines())
-        .filter(|(x, y)| x != y)
-        .map(|(x, y)| format!("  node {}  model {}\n", x.trim(), y.trim()))
-        .collect()
+    let mut prev = "";
+    let mut out = String::new();
+    for (x, y) in a.lines().zip(b.lines()) {
+        if x != y {
+            let name = if x.contains(':') { "" } else { prev.trim() };
+            out.push_str(&format!("  {name} node {}  model {}\n", x.trim(), y.trim()));
+        }
+        prev = x;
+    }
+    out
 }
 
-/// A seed connection's keepalive deadline: a ping after `ws_ping_interval`
-/// of silence, then a close `ws_pong_timeout` after it.
-fn keepalive_deadline(t: &ClientTimers, c: &MConn) -> Option<Duration> {
+/// A connection's own deadline. Seed: a ping after `ws_ping_interval` of
+/// silence, then a close `ws_pong_timeout` after it. Centrifugo: the
+/// connect timeout until it connects, then the next ping or the pong's
+/// deadline, whichever is first.
+fn conn_deadline(t: &ClientTimers, c: &MConn) -> Option<Duration> {
+    if let Some(cf) = &c.cf {
+        if !cf.connected {
+            return Some(cf.opened + t.connect_timeout);
+        }
+        return [cf.next_ping, cf.pong_deadline].into_iter().flatten().min();
+    }
     if t.ws_ping_interval.is_zero() {
         return None;
     }

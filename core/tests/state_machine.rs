@@ -1,8 +1,8 @@
 //! Model-based tests: random sequences of every input a runtime gives the
-//! node (sockets, frames, writers, timers, and a simulated broker task over
-//! a simulated Redis), run against a real `Node` and the reference model in
-//! `roomcast_core::testing`, in remote and embedded broker modes, with the
-//! invariants a–k checked after every step.
+//! node (sockets, frames in both client protocols, writers, timers, and a
+//! simulated broker task over a simulated Redis), run against a real `Node`
+//! and the reference model in `roomcast_core::testing`, in remote and
+//! embedded broker modes, with the invariants a–k checked after every step.
 //!
 //! 256 cases of up to 200 steps by default; `PROPTEST_CASES=N` changes it.
 
@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use roomcast_core::BrokerState;
-use roomcast_core::testing::{Harness, Op, Setup};
+use roomcast_core::testing::{Harness, Op, Proto, Setup};
 
 /// Strategy over every operation, weighted so that sequences build up state
 /// (connections, memberships, a live broker link) before tearing it down;
@@ -19,16 +19,25 @@ fn op() -> impl Strategy<Value = Op> {
     let idx = any::<u8>();
     // Mostly two rooms, so that memberships overlap; mostly the long
     // message, so that outboxes fill.
-    let room = || prop_oneof![3 => 0u8..2, 1 => any::<u8>()];
+    let room = || prop_oneof![6 => 0u8..2, 1 => 0u8..4, 2 => any::<u8>()];
+    // Joins spread a little wider, so that room limits are reached.
+    let join = prop_oneof![4 => 0u8..2, 2 => 0u8..4, 1 => any::<u8>()];
     let message = prop_oneof![1 => Just(4u8), 2 => any::<u8>()];
+    let proto = prop_oneof![
+        4 => Just(Proto::Seed),
+        4 => Just(Proto::Centrifugo),
+        1 => Just(Proto::CentrifugoLate),
+    ];
     prop_oneof![
-        40 => prop_oneof![5 => Just(false), 1 => Just(true)].prop_map(Op::Open),
-        80 => (idx, room()).prop_map(|(c, r)| Op::Subscribe(c, r)),
+        40 => (prop_oneof![5 => Just(false), 1 => Just(true)], proto)
+            .prop_map(|(raced, p)| Op::Open(raced, p)),
+        80 => (idx, join).prop_map(|(c, r)| Op::Subscribe(c, r)),
         40 => (idx, room()).prop_map(|(c, r)| Op::Unsubscribe(c, r)),
         60 => (idx, room(), message).prop_map(|(c, r, m)| Op::Send(c, r, m)),
-        10 => (idx, any::<u8>()).prop_map(|(c, k)| Op::Bad(c, k)),
+        15 => (idx, any::<u8>()).prop_map(|(c, k)| Op::Bad(c, k)),
         20 => idx.prop_map(Op::Pong),
-        60 => idx.prop_map(Op::Drain),
+        3 => idx.prop_map(Op::Connect),
+        100 => idx.prop_map(Op::Drain),
         30 => (idx, any::<bool>()).prop_map(|(c, p)| Op::End(c, p)),
         10 => idx.prop_map(Op::OutboundFull),
         10 => any::<u8>().prop_map(Op::Http),
@@ -119,10 +128,11 @@ fn to_deadline(h: &mut Harness) {
 #[test]
 fn scripted_remote_chat_outage_and_recovery() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::REMOTE);
     h.run(&[
-        Open(false),
-        Open(false),
+        Open(false, Seed),
+        Open(false, Seed),
         Subscribe(0, 0),
         Subscribe(1, 0),
         Subscribe(1, 1),
@@ -178,7 +188,7 @@ fn scripted_remote_chat_outage_and_recovery() {
         BrokerPoll,
         BrokerPoll,
         Drain(0),
-        Open(true),
+        Open(true, Seed),
         Drain(0),
     ]);
     let s = h.node().snapshot();
@@ -192,13 +202,14 @@ fn scripted_remote_chat_outage_and_recovery() {
 #[test]
 fn scripted_local_chat_slow_consumer_and_shutdown() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::LOCAL);
     assert!(h.node().broker_up());
     assert_eq!(h.node().deadline(), None);
     h.run(&[
-        Open(false),
-        Open(false),
-        Open(false),
+        Open(false, Seed),
+        Open(false, Seed),
+        Open(false, Seed),
         Subscribe(0, 3),
         Subscribe(1, 3),
         Send(0, 3, 7),
@@ -207,19 +218,16 @@ fn scripted_local_chat_slow_consumer_and_shutdown() {
         assert_eq!(h.node().queued_frames(h.conns()[i]), ["café \"q\""]);
     }
     assert!(h.node().queued_frames(h.conns()[2]).is_empty());
-    // 1 does not read: two long messages fill it, the third closes it.
-    h.run(&[
-        Drain(0),
-        Send(0, 3, 4),
-        Drain(0),
-        Send(0, 3, 4),
-        Drain(0),
-        Send(0, 3, 4),
-    ]);
+    // 1 does not read: four long messages fill it, the fifth closes it.
+    for _ in 0..4 {
+        h.run(&[Drain(0), Send(0, 3, 4)]);
+    }
+    assert!(!h.node().is_closing(h.conns()[1]));
+    h.run(&[Drain(0), Send(0, 3, 4)]);
     let s = h.node().snapshot();
     assert_eq!(
         (s.slow_consumer_closes, s.deliveries, s.broker.published),
-        (1, 8, 0)
+        (1, 12, 0)
     );
     h.run(&[
         BrokerPoll,
@@ -230,7 +238,7 @@ fn scripted_local_chat_slow_consumer_and_shutdown() {
         End(0, false),
         End(1, true),
     ]);
-    h.run(&[Http(0), Open(false), Open(true), End(0, false)]);
+    h.run(&[Http(0), Open(false, Seed), Open(true, Seed), End(0, false)]);
     assert_eq!(h.node().snapshot().rejected_connections, 1);
 }
 
@@ -241,8 +249,9 @@ fn scripted_local_chat_slow_consumer_and_shutdown() {
 #[test]
 fn a_link_whose_probe_never_returns_is_never_up_and_the_backoff_grows() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::REMOTE);
-    h.run(&[Open(false), Subscribe(0, 0), Send(0, 0, 0)]);
+    h.run(&[Open(false, Seed), Subscribe(0, 0), Send(0, 0, 0)]);
     for round in 0..8 {
         // Connect, then the subscriptions and the probe.
         h.run(&[BrokerPoll, BrokerStep(true), BrokerPoll, BrokerStep(true)]);
@@ -321,8 +330,9 @@ fn the_backoff_restarts_only_after_a_proven_link() {
 #[test]
 fn publishes_are_accounted_for() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::REMOTE);
-    h.run(&[Open(false)]);
+    h.run(&[Open(false, Seed)]);
     settle(&mut h);
     // Five while up and the broker task busy: four queued, one dropped.
     for _ in 0..5 {
@@ -356,8 +366,9 @@ fn publishes_are_accounted_for() {
 #[test]
 fn subscription_changes_coalesce() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::REMOTE);
-    h.run(&[Open(false), Open(false)]);
+    h.run(&[Open(false, Seed), Open(false, Seed)]);
     settle(&mut h);
     // A join and a leave before the poll cancel out.
     h.run(&[Subscribe(0, 0), Unsubscribe(0, 0)]);
@@ -386,7 +397,9 @@ fn subscription_changes_coalesce() {
 
 /// The generated sequences are not vacuous: across a fixed sample, they
 /// bring links up, feed publishes back, lose links, fill outboxes, time
-/// peers out, refuse bad input and shut down, in both broker modes.
+/// peers out, refuse bad input and shut down, in both broker modes and
+/// both client protocols (Centrifugo clients connect, get pushes, error
+/// replies and pings, and are closed with Centrifugo's codes).
 #[test]
 fn random_sequences_reach_every_phase() {
     use proptest::strategy::ValueTree;
@@ -394,9 +407,10 @@ fn random_sequences_reach_every_phase() {
     let mut runner = TestRunner::deterministic();
     let seqs = (Ops::init_state(), prop::collection::vec(op(), 100..200));
     let mut total = roomcast_core::metrics::Snapshot::default();
+    let mut cf_bad = std::collections::BTreeMap::new();
     let mut tally = roomcast_core::testing::Tally::default();
     let (mut local_runs, mut up_runs, mut backoffs) = (0, 0, 0);
-    for _ in 0..64 {
+    for _ in 0..128 {
         let (setup, ops) = seqs.new_tree(&mut runner).unwrap().current();
         let mut h = Harness::new(setup);
         let mut was_up = false;
@@ -408,7 +422,6 @@ fn random_sequences_reach_every_phase() {
         up_runs += usize::from(was_up);
         backoffs += h.backoffs().len();
         let s = h.node().snapshot();
-        let t = h.tally();
         total.broker.connects += s.broker.connects;
         total.broker.failures += s.broker.failures;
         total.broker.published += s.broker.published;
@@ -423,18 +436,20 @@ fn random_sequences_reach_every_phase() {
         total.broker_payloads_too_large += s.broker_payloads_too_large;
         total.rejected_connections += s.rejected_connections;
         total.pending_subscription_changes += s.pending_subscription_changes;
-        tally.probes_echoed += t.probes_echoed;
-        tally.echoed_publishes += t.echoed_publishes;
-        tally.unreported += t.unreported;
-        tally.keepalive_pings += t.keepalive_pings;
+        for (label, n) in s.cf_bad_commands {
+            *cf_bad.entry(label).or_insert(0) += n;
+        }
+        tally.add(&h.tally());
     }
     eprintln!(
-        "{local_runs} local, {up_runs} remote runs up, {backoffs} backoffs\n{tally:?}\n{total:?}"
+        "{local_runs} local, {up_runs} remote runs up, {backoffs} backoffs\n{tally:?}\n{total:?}\n{cf_bad:?}"
     );
-    assert!(local_runs > 10 && local_runs < 54);
-    assert!(up_runs > 10, "links came up in {up_runs} runs");
-    assert!(backoffs > 20);
+    assert!(local_runs > 20 && local_runs < 108);
+    assert!(up_runs > 20, "links came up in {up_runs} runs");
+    assert!(backoffs > 40);
     let b = total.broker;
+    let error = |code| tally.cf_errors.get(&code).copied().unwrap_or(0);
+    let closes = |code| tally.closes.get(&code).copied().unwrap_or(0);
     for (what, n) in [
         ("connects", b.connects),
         ("failures", b.failures),
@@ -451,6 +466,28 @@ fn random_sequences_reach_every_phase() {
         ("probe echoes", tally.probes_echoed),
         ("publishes fed back", tally.echoed_publishes),
         ("keepalive pings", tally.keepalive_pings),
+        // The Centrifugo protocol's phases.
+        ("Centrifugo connects", tally.cf_connects),
+        ("pushes", tally.cf_pushes),
+        ("pushes with info", tally.cf_pushes_with_info),
+        (
+            "Centrifugo messages to seed members",
+            tally.seed_deliveries_with_info,
+        ),
+        ("Centrifugo publishes fed back", tally.echoed_cf_publishes),
+        ("Centrifugo pings", tally.cf_pings),
+        ("105 already subscribed", error(105)),
+        ("106 limit exceeded", error(106)),
+        ("107 bad request", error(107)),
+        ("111 too many requests", error(111)),
+        ("3501 bad request closes", closes(3501)),
+        ("3502 stale closes", closes(3502)),
+        ("3012 no pong closes", closes(3012)),
+        ("3013 too many requests closes", closes(3013)),
+        ("3008 slow closes", closes(3008)),
+        ("3001 shutdown closes", closes(3001)),
+        ("1008 closes", closes(1008)),
+        ("bad commands counted", cf_bad.values().sum()),
     ] {
         assert!(n > 0, "no {what} in the sample");
     }
@@ -462,11 +499,19 @@ fn random_sequences_reach_every_phase() {
 #[test]
 fn scripted_local_limits_at_their_boundaries() {
     use Op::*;
+    use Proto::*;
     let mut h = Harness::new(Setup::LOCAL);
-    h.run(&[Open(false), Open(false), Subscribe(0, 0), Subscribe(1, 0)]);
-    // Two 60-byte messages fill 1's outbox exactly; 0 drains each time.
-    h.run(&[Send(0, 0, 4), Drain(0), Send(0, 0, 4), Drain(0)]);
-    assert_eq!(h.node().queued_bytes(h.conns()[1]), 120);
+    h.run(&[
+        Open(false, Seed),
+        Open(false, Seed),
+        Subscribe(0, 0),
+        Subscribe(1, 0),
+    ]);
+    // Four 60-byte messages fill 1's outbox exactly; 0 drains each time.
+    for _ in 0..4 {
+        h.run(&[Send(0, 0, 4), Drain(0)]);
+    }
+    assert_eq!(h.node().queued_bytes(h.conns()[1]), 240);
     assert!(!h.node().is_closing(h.conns()[1]));
     h.run(&[Send(0, 0, 3)]);
     assert_eq!(
@@ -486,15 +531,229 @@ fn scripted_local_limits_at_their_boundaries() {
     h.run(&[Drain(0)]);
     // Broker payloads of exactly the limit pass, one byte more does not.
     h.run(&[
-        Open(false),
+        Open(false, Seed),
         Subscribe(0, 5),
         External(5, 10),
         External(5, 9),
         Drain(0),
     ]);
     let s = h.node().snapshot();
-    assert_eq!((s.broker_payloads_too_large, s.deliveries), (1, 7));
+    assert_eq!((s.broker_payloads_too_large, s.deliveries), (1, 11));
     // A frame one byte over the limit.
     h.run(&[Bad(0, 12)]);
     assert_eq!(h.node().queued_close(h.conns()[0]).map(|c| c.0), Some(1009));
+}
+
+/// The frames queued for connection `i` (oldest first), as text.
+fn frames(h: &Harness, i: usize) -> Vec<String> {
+    h.node()
+        .queued_frames(h.conns()[i])
+        .iter()
+        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+        .collect()
+}
+
+/// Embedded mode, a room with a member of each protocol: each gets the
+/// other's messages in its own protocol, the Centrifugo client its replies
+/// in order between the pushes; then its errors and its close.
+#[test]
+fn scripted_local_mixed_room_both_codecs() {
+    use Op::*;
+    use Proto::*;
+    let mut h = Harness::new(Setup::LOCAL);
+    // 0 is Centrifugo's client n-1 (its connect reply read), 1 a seed one.
+    h.run(&[
+        Open(false, Centrifugo),
+        Open(false, Seed),
+        Subscribe(0, 0),
+        Subscribe(1, 0),
+        Send(1, 0, 0),
+        Send(0, 0, 2),
+    ]);
+    let info = r#""info":{"user":"","client":"n-1"}"#;
+    assert_eq!(
+        frames(&h, 0),
+        [
+            r#"{"id":2,"subscribe":{}}"#.to_string(),
+            r#"{"push":{"channel":"lobby","pub":{"data":"hi"}}}"#.into(),
+            format!(r#"{{"push":{{"channel":"lobby","pub":{{"data":{{"k":[1,2]}},{info}}}}}}}"#),
+            r#"{"id":3,"publish":{}}"#.into(),
+        ]
+    );
+    h.run(&[Drain(0), Send(0, 0, 7)]);
+    assert_eq!(
+        frames(&h, 0),
+        [
+            format!(r#"{{"push":{{"channel":"lobby","pub":{{"data":"café \"q\"",{info}}}}}}}"#),
+            r#"{"id":4,"publish":{}}"#.into(),
+        ]
+    );
+    assert_eq!(frames(&h, 1), ["hi", r#"{"k":[1,2]}"#, "café \"q\""]);
+    h.run(&[Drain(0), Drain(1)]);
+    // 105 for a room it is in, 106 past three rooms; an unsubscribe is
+    // answered even for a room it is not in; a command with an id and no
+    // method is 104.
+    h.run(&[
+        Subscribe(0, 0),
+        Subscribe(0, 1),
+        Subscribe(0, 2),
+        Subscribe(0, 3),
+        Unsubscribe(0, 4),
+        Bad(0, 6),
+    ]);
+    assert_eq!(
+        frames(&h, 0),
+        [
+            r#"{"id":5,"error":{"code":105,"message":"already subscribed"}}"#,
+            r#"{"id":6,"subscribe":{}}"#,
+            r#"{"id":7,"subscribe":{}}"#,
+            r#"{"id":8,"error":{"code":106,"message":"limit exceeded"}}"#,
+            r#"{"id":9,"unsubscribe":{}}"#,
+            r#"{"id":10,"error":{"code":104,"message":"method not found"}}"#,
+        ]
+    );
+    // A line that is not JSON: 3501, counted.
+    h.run(&[Bad(0, 0)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3501, "bad request".into()))
+    );
+    let s = h.node().snapshot();
+    let bad: std::collections::BTreeMap<_, _> = s.cf_bad_commands.into_iter().collect();
+    assert_eq!((bad["not_json"], bad["unknown_method"]), (1, 1));
+    h.run(&[Shutdown]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[1]),
+        Some((1001, "going away".into()))
+    );
+    let t = h.tally();
+    assert_eq!((t.cf_pushes, t.cf_pushes_with_info), (3, 2));
+    assert_eq!(t.seed_deliveries_with_info, 2);
+}
+
+/// Remote mode: a Centrifugo client's publish goes to Redis with its
+/// `info` and comes back to both members; held while the link is down, it
+/// is answered at once all the same; another publisher's `info` reaches
+/// the Centrifugo member.
+#[test]
+fn scripted_remote_mixed_room_through_redis() {
+    use Op::*;
+    use Proto::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[
+        Open(false, Centrifugo),
+        Open(false, Seed),
+        Subscribe(0, 1),
+        Subscribe(1, 1),
+    ]);
+    settle(&mut h);
+    assert!(h.node().broker_up());
+    h.run(&[Send(0, 1, 0), Drain(0)]);
+    settle(&mut h);
+    assert_eq!(h.tally().echoed_cf_publishes, 1);
+    assert_eq!(
+        frames(&h, 0),
+        [r#"{"push":{"channel":"r1","pub":{"data":"hi","info":{"user":"","client":"n-1"}}}}"#]
+    );
+    assert_eq!(frames(&h, 1), ["hi"]);
+    h.run(&[Drain(0), Drain(1), SubscriberLost, Send(0, 1, 8)]);
+    assert_eq!(frames(&h, 0), [r#"{"id":4,"publish":{}}"#]);
+    assert_eq!(h.node().snapshot().publish_buffer_depth, 1);
+    to_deadline(&mut h);
+    settle(&mut h);
+    assert_eq!(frames(&h, 1), ["null"]);
+    h.run(&[Drain(0), Drain(1), External(1, 2)]);
+    settle(&mut h);
+    assert_eq!(
+        frames(&h, 0),
+        [r#"{"push":{"channel":"r1","pub":{"data":"from c","info":{"user":"u1"}}}}"#]
+    );
+    assert_eq!(frames(&h, 1), ["from c"]);
+}
+
+/// Centrifugo's timers and rate limit: 3502 without a connect, `{}` pings
+/// at the interval whether answered or not, 3012 once the oldest
+/// unanswered one times out; 111 under the rate limit (a `send` is dropped
+/// unanswered), then 3013; a command before connect, or a second connect,
+/// is 3501.
+#[test]
+fn scripted_centrifugo_timers_rate_limit_and_connect() {
+    use Op::*;
+    use Proto::*;
+    let mut h = Harness::new(Setup {
+        rate_limit: true,
+        ..Setup::LOCAL
+    });
+    h.run(&[Open(false, CentrifugoLate), Open(false, Centrifugo)]);
+    assert_eq!(h.node().conn_deadline(h.conns()[0]), Some(ms(150)));
+    h.run(&[Advance(150)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3502, "stale".into()))
+    );
+    h.run(&[Drain(0), Advance(50)]);
+    assert_eq!(frames(&h, 0), ["{}"]);
+    // The pong clears the deadline; the next pings go unanswered.
+    h.run(&[Pong(0), Drain(0), Advance(200), Advance(200)]);
+    assert_eq!(frames(&h, 0), ["{}", "{}"]);
+    assert_eq!(h.node().conn_deadline(h.conns()[0]), Some(ms(650)));
+    h.run(&[Advance(50)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3012, "no pong".into()))
+    );
+    h.run(&[Drain(0)]);
+    // Four commands a second: the connect and three subscribes take them.
+    h.run(&[
+        Open(false, Centrifugo),
+        Subscribe(0, 0),
+        Subscribe(0, 1),
+        Subscribe(0, 2),
+        Drain(0),
+        Bad(0, 17),
+        Subscribe(0, 3),
+        Subscribe(0, 3),
+        Subscribe(0, 3),
+    ]);
+    let refused = r#"{"error":{"code":111,"message":"too many requests","temporary":true}}"#;
+    // (The `send` took ids 5 and 6: a Bad entry reserves two.)
+    let want: Vec<String> = (7..10)
+        .map(|id| format!(r#"{{"id":{id},{}"#, &refused[1..]))
+        .collect();
+    assert_eq!(frames(&h, 0), want);
+    h.run(&[Subscribe(0, 3)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3013, "too many requests".into()))
+    );
+    assert_eq!(h.node().snapshot().rate_limited, 5);
+    h.run(&[Drain(0), Advance(1000)]);
+    // Connect later; a second connect is a bad request, and so is any
+    // command before the first.
+    h.run(&[Open(false, CentrifugoLate), Connect(0)]);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        frames(&h, 0),
+        [format!(
+            r#"{{"id":1,"connect":{{"client":"n-4","version":"roomcast {version}","pong":true,"node":"n"}}}}"#
+        )]
+    );
+    h.run(&[Connect(0)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3501, "bad request".into()))
+    );
+    h.run(&[Drain(0), Open(false, CentrifugoLate), Subscribe(0, 0)]);
+    assert_eq!(
+        h.node().queued_close(h.conns()[0]),
+        Some((3501, "bad request".into()))
+    );
+    let closes = h.tally().closes;
+    for code in [3012, 3013, 3501, 3502] {
+        assert!(closes[&code] >= 1, "{code}: {closes:?}");
+    }
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
 }

@@ -11,10 +11,10 @@
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
-use roomcast_core::testing::{Harness, Op, Setup};
+use roomcast_core::testing::{Harness, Op, Proto, Setup};
 
 /// Number of variants of `Op`.
-const VARIANTS: u64 = 22;
+const VARIANTS: u64 = 23;
 
 fn variant(op: &Op) -> u64 {
     match op {
@@ -24,29 +24,48 @@ fn variant(op: &Op) -> u64 {
         Op::Send(..) => 3,
         Op::Bad(..) => 4,
         Op::Pong(..) => 5,
-        Op::Drain(..) => 6,
-        Op::End(..) => 7,
-        Op::OutboundFull(..) => 8,
-        Op::Http(..) => 9,
-        Op::AcceptFailed => 10,
-        Op::BrokerPoll => 11,
-        Op::BrokerStep(..) => 12,
-        Op::Deliver => 13,
-        Op::BrokerRun => 14,
-        Op::External(..) => 15,
-        Op::Stray(..) => 16,
-        Op::SubscriberLost => 17,
-        Op::Stale(..) => 18,
-        Op::Advance(..) => 19,
-        Op::Late(..) => 20,
-        Op::Shutdown => 21,
+        Op::Connect(..) => 6,
+        Op::Drain(..) => 7,
+        Op::End(..) => 8,
+        Op::OutboundFull(..) => 9,
+        Op::Http(..) => 10,
+        Op::AcceptFailed => 11,
+        Op::BrokerPoll => 12,
+        Op::BrokerStep(..) => 13,
+        Op::Deliver => 14,
+        Op::BrokerRun => 15,
+        Op::External(..) => 16,
+        Op::Stray(..) => 17,
+        Op::SubscriberLost => 18,
+        Op::Stale(..) => 19,
+        Op::Advance(..) => 20,
+        Op::Late(..) => 21,
+        Op::Shutdown => 22,
     }
+}
+
+/// Number of variants of `Proto`, and each one's index.
+const PROTOS: u64 = 3;
+
+fn proto(p: Proto) -> u64 {
+    match p {
+        Proto::Seed => 0,
+        Proto::Centrifugo => 1,
+        Proto::CentrifugoLate => 2,
+    }
+}
+
+/// The smallest u32 the derive maps onto variant `v` of `n`: it picks
+/// (u32 * n) >> 32.
+fn variant_bytes(v: u64, n: u64) -> [u8; 4] {
+    ((v << 32).div_ceil(n) as u32).to_le_bytes()
 }
 
 /// The inverse of `arbitrary`'s decoding of `(Setup, Vec<Op>)`: the setup's
 /// fields (a byte per `bool`), then per element a "more" byte (odd), the
 /// variant as a u32 scaled onto the variant count, then the fields in order
-/// (little-endian integers); a zero byte ends the list.
+/// (little-endian integers, a `Proto` as its variant); a zero byte ends the
+/// list.
 fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
     let Setup {
         local,
@@ -60,11 +79,7 @@ fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
     ];
     for op in ops {
         out.push(1);
-        let v = variant(op);
-        // The derive picks variant (u32 * VARIANTS) >> 32: take the smallest
-        // u32 that lands on v.
-        let x = (v << 32).div_ceil(VARIANTS);
-        out.extend_from_slice(&(x as u32).to_le_bytes());
+        out.extend_from_slice(&variant_bytes(variant(op), VARIANTS));
         match *op {
             Op::AcceptFailed
             | Op::BrokerPoll
@@ -72,10 +87,17 @@ fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
             | Op::BrokerRun
             | Op::SubscriberLost
             | Op::Shutdown => {}
-            Op::Open(b) | Op::BrokerStep(b) => out.push(u8::from(b)),
-            Op::Pong(a) | Op::Drain(a) | Op::OutboundFull(a) | Op::Http(a) | Op::Stale(a) => {
-                out.push(a)
+            Op::Open(b, p) => {
+                out.push(u8::from(b));
+                out.extend_from_slice(&variant_bytes(proto(p), PROTOS));
             }
+            Op::BrokerStep(b) => out.push(u8::from(b)),
+            Op::Pong(a)
+            | Op::Connect(a)
+            | Op::Drain(a)
+            | Op::OutboundFull(a)
+            | Op::Http(a)
+            | Op::Stale(a) => out.push(a),
             Op::End(a, b) => out.extend([a, u8::from(b)]),
             Op::Subscribe(a, b)
             | Op::Unsubscribe(a, b)
@@ -92,6 +114,7 @@ fn encode(setup: Setup, ops: &[Op]) -> Vec<u8> {
 
 fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
     use Op::*;
+    use Proto::{Centrifugo as Cf, CentrifugoLate as CfLate, Seed};
     let remote = Setup::REMOTE;
     let local = Setup::LOCAL;
     let mut seqs = vec![
@@ -99,8 +122,8 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             "chat",
             remote,
             vec![
-                Open(false),
-                Open(false),
+                Open(false, Seed),
+                Open(false, Seed),
                 Subscribe(0, 0),
                 Subscribe(1, 0),
                 BrokerRun,
@@ -132,9 +155,9 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             "local",
             local,
             vec![
-                Open(false),
-                Open(false),
-                Open(false),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
                 Subscribe(0, 1),
                 Subscribe(1, 1),
                 Send(0, 1, 4),
@@ -161,8 +184,8 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             "outage",
             remote,
             vec![
-                Open(false),
-                Open(false),
+                Open(false, Seed),
+                Open(false, Seed),
                 Subscribe(0, 1),
                 Subscribe(1, 2),
                 Send(0, 1, 0),
@@ -195,7 +218,7 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             "paused",
             remote,
             vec![
-                Open(false),
+                Open(false, Seed),
                 Subscribe(0, 0),
                 Send(0, 0, 0),
                 BrokerPoll,
@@ -223,25 +246,25 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
                 ..Setup::LOCAL
             },
             vec![
-                Open(false),
+                Open(false, Seed),
                 Subscribe(0, 0),
                 Subscribe(0, 1),
                 Subscribe(0, 2),
                 Subscribe(0, 2),
                 Subscribe(0, 3),
-                Open(false),
+                Open(false, Seed),
                 Subscribe(1, 4),
                 Send(1, 4, 4),
                 Send(1, 4, 4),
                 Send(1, 4, 0),
-                Open(false),
-                Open(false),
-                Open(false),
-                Open(false),
-                Open(false),
-                Open(false),
-                Open(false),
-                Open(false),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
+                Open(false, Seed),
                 Http(1),
                 Bad(2, 0),
                 Bad(3, 8),
@@ -262,14 +285,14 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             "shutdown",
             remote,
             vec![
-                Open(false),
+                Open(false, Seed),
                 Subscribe(0, 0),
                 BrokerRun,
                 Send(0, 0, 0),
                 BrokerPoll,
                 Shutdown,
-                Open(true),
-                Open(false),
+                Open(true, Seed),
+                Open(false, Seed),
                 BrokerStep(true),
                 BrokerPoll,
                 BrokerPoll,
@@ -277,6 +300,77 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
                 Drain(1),
                 Http(0),
                 Shutdown,
+            ],
+        ),
+        (
+            "centrifugo",
+            Setup {
+                rate_limit: true,
+                ..local
+            },
+            vec![
+                Open(false, Cf),
+                Open(false, Seed),
+                Open(false, CfLate),
+                Subscribe(0, 0),
+                Subscribe(1, 0),
+                Send(1, 0, 0),
+                Send(0, 0, 2),
+                Send(0, 0, 16),
+                Drain(0),
+                Drain(1),
+                Subscribe(0, 0),
+                Subscribe(0, 1),
+                Subscribe(0, 2),
+                Subscribe(0, 3),
+                Unsubscribe(0, 4),
+                Bad(0, 6),
+                Bad(0, 17),
+                Bad(0, 26),
+                Connect(2),
+                Subscribe(2, 1),
+                Send(2, 1, 7),
+                Drain(0),
+                Drain(2),
+                Advance(200),
+                Pong(0),
+                Advance(200),
+                Advance(200),
+                Advance(50),
+                Connect(1),
+                Open(false, CfLate),
+                Advance(150),
+                Bad(0, 0),
+                Shutdown,
+                Drain(0),
+                Drain(0),
+            ],
+        ),
+        (
+            "centrifugo_remote",
+            remote,
+            vec![
+                Open(false, Cf),
+                Open(false, Seed),
+                Subscribe(0, 1),
+                Subscribe(1, 1),
+                BrokerRun,
+                Send(0, 1, 0),
+                Send(1, 1, 5),
+                BrokerRun,
+                External(1, 2),
+                External(1, 3),
+                BrokerRun,
+                Drain(0),
+                Drain(1),
+                SubscriberLost,
+                Send(0, 1, 8),
+                Advance(20),
+                BrokerRun,
+                OutboundFull(0),
+                Drain(0),
+                Shutdown,
+                BrokerRun,
             ],
         ),
     ];
@@ -293,7 +387,10 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
         let r = next();
         let (a, b, c) = ((r >> 8) as u8 % 4, (r >> 16) as u8 % 3, (r >> 24) as u8);
         long.push(match r % 24 {
-            0..=1 => Open(r & (1 << 40) == 0),
+            0..=1 => Open(
+                r & (1 << 40) == 0,
+                [Seed, Cf, Seed, Cf, CfLate][(r >> 44) as usize % 5],
+            ),
             2..=4 => Subscribe(a, b),
             5 => Unsubscribe(a, b),
             6..=7 => Send(a, b, c),
@@ -310,6 +407,7 @@ fn sequences() -> Vec<(&'static str, Setup, Vec<Op>)> {
             20 => Pong(a),
             21 => Stale(c),
             22 => Late(((r >> 32) % 400) as u16),
+            23 if c % 4 == 0 => Connect(a),
             _ => OutboundFull(a),
         });
     }

@@ -86,6 +86,12 @@ impl CfSession {
         .min()
     }
 
+    /// The next server ping after `now`; none with an interval of 0 (pings
+    /// off, as `--ws-ping-interval 0` for the seed protocol).
+    fn ping_after(&self, now: Duration) -> Option<Duration> {
+        (!self.timers.ping_interval.is_zero()).then(|| now + self.timers.ping_interval)
+    }
+
     /// When an `exp` plus the grace has passed, on the node's clock.
     fn deadline_of(&self, exp: u64) -> Duration {
         Duration::from_secs(exp.saturating_sub(self.wall_origin)) + self.expire_grace
@@ -148,7 +154,7 @@ impl CfSession {
         }
         if self.next_ping.is_some_and(|d| now >= d) {
             node.send(peer, Bytes::from_static(cf::PING.as_bytes()));
-            self.next_ping = Some(now + self.timers.ping_interval);
+            self.next_ping = self.ping_after(now);
             if self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + self.timers.pong_timeout);
             }
@@ -206,7 +212,11 @@ impl CfSession {
                 Verdict::Allowed => {}
                 Verdict::Refused => {
                     add(&node.stats.rate_limited, 1);
-                    reply_error(node, peer, cmd.id, ErrorCode::TOO_MANY_REQUESTS);
+                    // A `send` is never answered (a reply without an id
+                    // reads as a ping): refused, it is dropped.
+                    if !matches!(cmd.request, Request::Send { .. }) {
+                        reply_error(node, peer, cmd.id, ErrorCode::TOO_MANY_REQUESTS);
+                    }
                     continue;
                 }
                 Verdict::Exceeded => {
@@ -239,7 +249,7 @@ impl CfSession {
                     }
                 };
                 self.connected = true;
-                self.next_ping = Some(now + self.timers.ping_interval);
+                self.next_ping = self.ping_after(now);
                 self.accept_claims(node, &claims);
                 let (expires, ttl) = self.ttl(claims.expires_at, now);
                 let reply = cf::encode_connect_reply(

@@ -808,3 +808,16 @@ fn an_unrefreshed_subscription_token_ends_the_subscription_with_2501() {
     assert!(!n.inspect(|h| h.is_member(a.id(), "$r")));
     assert!(!n.is_closing(&a), "the connection stays");
 }
+
+#[test]
+fn a_centrifugo_ping_interval_of_zero_turns_pings_off() {
+    let mut cfg = NodeConfig::default();
+    cfg.timers.ping_interval = Duration::ZERO;
+    let n = Node::new(cfg, T0);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &a);
+    assert_eq!(n.conn_deadline(&a), None);
+    n.conn_timeout(&a, Duration::from_secs(100));
+    assert!(texts(&n, &a).is_empty());
+}
