@@ -451,26 +451,7 @@ impl CfClient {
     }
 
     fn read_until(&mut self, deadline: Instant) -> Option<tungstenite::Result<Message>> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
-            match self.ws.read() {
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
-                r => return Some(r),
-            }
-        }
+        crate::client::read_until(&mut self.ws, deadline)
     }
 }
 

@@ -171,26 +171,7 @@ impl Client {
     /// frame, or the error that ends the connection), or `None` when
     /// `deadline` passes first.
     fn read_until(&mut self, deadline: Instant) -> Option<tungstenite::Result<Message>> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
-            match self.ws.read() {
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
-                r => return Some(r),
-            }
-        }
+        read_until(&mut self.ws, deadline)
     }
 
     /// The next text message within [`TIMEOUT`]; panics on anything else.
@@ -359,6 +340,35 @@ impl Client {
     pub fn send_raw_text_len(&mut self, len: usize) -> Result<(), tungstenite::Error> {
         let text: String = std::iter::repeat_n('x', len).collect();
         self.try_write(Message::Text(Utf8Bytes::from(text)))
+    }
+}
+
+/// The next thing `ws` reads (a message, a control frame, or the error that
+/// ends the connection), or `None` when `deadline` passes first. Shared by
+/// the test clients of both protocols.
+pub(crate) fn read_until(
+    ws: &mut WebSocket<TcpStream>,
+    deadline: Instant,
+) -> Option<tungstenite::Result<Message>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        ws.get_mut().set_read_timeout(Some(left)).unwrap();
+        match ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            r => return Some(r),
+        }
     }
 }
 
