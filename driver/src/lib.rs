@@ -425,9 +425,6 @@ type WsReceiver<R> = async_tungstenite::WebSocketReceiver<<R as Runtime>::Tcp>;
 /// Text messages larger than this are sent as fragments of this size.
 pub const FRAGMENT_BYTES: usize = 16 * 1024;
 
-/// A connection's armed timer.
-type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// A text message as a first fragment and its continuations (RFC 6455
 /// §5.4; UTF-8 is checked over the whole message, so a fragment may end
 /// inside a character). Each fragment shares the message's bytes.
@@ -473,32 +470,12 @@ async fn run_connection<R: Runtime>(
         let reader = pin!(async {
             let mut peer_closed = false;
             let mut n = 0u32;
-            // The connection's timer stays armed until it fires (a deadline
-            // that moved later makes it fire early, and the node does
-            // nothing then); it is re-armed only for an earlier deadline,
-            // not for every frame a client sends.
-            let mut timer: Option<(Duration, Timer)> = None;
             loop {
-                match node.conn_deadline(&conn) {
-                    Some(d) if timer.as_ref().is_none_or(|(at, _)| d < *at) => {
-                        timer = Some((d, Box::pin(rt.sleep_until(d))));
-                    }
-                    None => timer = None,
-                    Some(_) => {}
-                }
-                let next = match &mut timer {
-                    Some((_, sleep)) => {
-                        let msg = pin!(async { Some(rx.next().await) });
-                        let fired = pin!(async {
-                            sleep.as_mut().await;
-                            None
-                        });
-                        race(&mut [msg, fired]).await
-                    }
+                let next = match node.conn_deadline(&conn) {
+                    Some(d) => until(rt, d, rx.next()).await,
                     None => Some(rx.next().await),
                 };
                 let Some(msg) = next else {
-                    timer = None;
                     node.conn_timeout(&conn, rt.now());
                     if node.is_closing(&conn) {
                         break;
