@@ -30,8 +30,8 @@ use roomcast_core::auth::{Auth, Pattern};
 use roomcast_core::node::{Admitted, Taken};
 use roomcast_core::settings::{self, Settings};
 use roomcast_core::{
-    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerOp, ClientProtocol, Finish, Inbound,
-    Node, Outgoing, Reply, Session,
+    ABORT_CLOSE_WAIT, ACCEPT_BACKOFF, BROKER_STOP_WAIT, BrokerOp, Finish, Inbound, Node, Outgoing,
+    Reply, Session,
 };
 use tracing::{debug, info, warn};
 
@@ -400,8 +400,11 @@ async fn handle_socket<R: Runtime>(
             // state is sized for the handshake, ends here.
             // Split here: an async fn keeps its arguments for its whole life.
             let (tx, rx) = ws.split();
+            // Opened here, so the task keeps the connection's handle and not
+            // the upgrade's claims (an async fn keeps its arguments).
+            let conn = shared.node.open(protocol, claims, rt.now());
             rt.spawn(async move {
-                run_connection(&guard.0, tx, rx, protocol, claims).await;
+                run_connection(&guard.0, tx, rx, conn).await;
                 drop(guard);
             });
             return;
@@ -459,12 +462,10 @@ async fn run_connection<R: Runtime>(
     shared: &Arc<Shared<R>>,
     mut tx: WsSender<R>,
     mut rx: WsReceiver<R>,
-    protocol: ClientProtocol,
-    claims: Option<roomcast_core::auth::ConnClaims>,
+    conn: roomcast_core::Conn,
 ) {
     let node = &shared.node;
     let rt = &shared.rt;
-    let conn = node.open(protocol, claims, rt.now());
     debug!(conn = %conn.id(), "open");
     let finish = {
         let reader = pin!(async {
