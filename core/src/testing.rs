@@ -628,9 +628,13 @@ fn external_payload(room: usize, kind: u8) -> (Bytes, Expect) {
             "7",
             Some(r#"{"user":"u2","client":"c2"}"#),
         ),
-        4 => dropped(format!(
-            r#"{{"type":"sendMessage","roomId":{r},"message":"x","info":"u"}}"#
-        )),
+        // An info that is not an object is ignored: delivered without it.
+        4 => deliver(
+            format!(r#"{{"type":"sendMessage","roomId":{r},"message":"x","info":"u"}}"#),
+            "\"x\"",
+            "x",
+            None,
+        ),
         5 => dropped("hello".into()),
         6 => dropped(format!(r#"{{"type":"SUBSCRIBE","room":{r}}}"#)),
         7 => dropped(r#"{"type":"sendMessage","roomId":"elsewhere","message":"x"}"#.into()),
