@@ -87,6 +87,18 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_CLIENT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub client_connect_timeout: Duration,
 
+    /// The most publications a subscribe recovers; more missed answers `recovered: false`.
+    #[arg(
+        long,
+        env = "ROOMCAST_RECOVERY_MAX_PUBLICATIONS",
+        default_value_t = 300
+    )]
+    pub recovery_max_publications: u64,
+
+    /// The most publications one history request returns.
+    #[arg(long, env = "ROOMCAST_HISTORY_MAX_PUBLICATIONS", default_value_t = 300)]
+    pub history_max_publications: usize,
+
     /// Serve the seed (tutorial) protocol on every path but /connection/websocket.
     #[arg(long, env = "ROOMCAST_SEED_PROTOCOL", default_value = "on", value_parser = ["on", "off"])]
     pub seed_protocol: String,
@@ -107,9 +119,11 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub redis_connect_timeout: Duration,
 
-    /// Interval between Redis health probes (a publish on the node's own channel that must come back).
-    #[arg(long, env = "ROOMCAST_REDIS_PING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
-    pub redis_ping_interval: Duration,
+    /// Interval between Redis liveness probes: a publish on the node's own channel that must
+    /// come back within --redis-timeout, or the link is dead (reconnect, then heal the rooms
+    /// that keep history). Also `--redis-ping-interval`.
+    #[arg(long, alias = "redis-ping-interval", env = "ROOMCAST_REDIS_PROBE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub redis_probe_interval: Duration,
 
     /// A Redis command, publish or probe unanswered this long means the link is lost.
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
@@ -194,7 +208,7 @@ impl Cli {
             backoff_max: self.reconnect_max.max(self.reconnect_min),
             jitter_seed: seed,
             connect_timeout: self.redis_connect_timeout,
-            ping_interval: self.redis_ping_interval,
+            ping_interval: self.redis_probe_interval,
             ping_timeout: self.redis_timeout,
             ..HubConfig::default()
         }
@@ -235,6 +249,8 @@ impl Cli {
                 connect_timeout: self.client_connect_timeout,
             },
             wall_origin: 0,
+            recovery_max_publications: self.recovery_max_publications,
+            history_max_publications: self.history_max_publications,
         }
     }
 

@@ -149,7 +149,16 @@ pub struct NodeConfig {
     /// Wall-clock time (seconds since the Unix epoch) at the node's time
     /// zero: token expiry is wall-clock, the node's clock is not.
     pub wall_origin: u64,
+    /// The most publications a subscribe recovers (default 300): more
+    /// missed is `recovered: false`.
+    pub recovery_max_publications: u64,
+    /// The most publications one history request returns (default 300).
+    pub history_max_publications: usize,
 }
+
+/// How long a room's stream metadata (epoch, top offset) is kept when its
+/// namespace does not say (`history_meta_ttl`): 30 days, as Centrifugo.
+pub const DEFAULT_HISTORY_META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -163,6 +172,8 @@ impl Default for NodeConfig {
             node_id: "node".into(),
             timers: ClientTimers::default(),
             wall_origin: 0,
+            recovery_max_publications: 300,
+            history_max_publications: 300,
         }
     }
 }

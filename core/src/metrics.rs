@@ -32,6 +32,15 @@ pub struct Snapshot {
     pub bad_frames: Vec<(&'static str, u64)>,
     /// Centrifugo-protocol frames and commands refused, by reason label.
     pub cf_bad_commands: Vec<(&'static str, u64)>,
+    /// Subscribes that asked to recover, by outcome.
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Subscriptions ended (unsubscribe 2500) because their position broke.
+    pub insufficient_state: u64,
+    /// Reads of a room's stream to fill the node's own gap, and the
+    /// publications that were gone from it by then.
+    pub heals: u64,
+    pub history_gaps: u64,
     pub handshake_failures: u64,
     pub rejected_connections: u64,
     pub http_requests: u64,
@@ -48,7 +57,37 @@ pub fn render(s: &Snapshot) -> String {
         );
     };
     let b = &s.broker;
-    let rows: [(&str, &str, &str, u64); 29] = [
+    let rows: [(&str, &str, &str, u64); 34] = [
+        (
+            "roomcast_recovered_total",
+            "counter",
+            "Subscribes that asked to recover and were answered recovered: true.",
+            s.recovered,
+        ),
+        (
+            "roomcast_not_recovered_total",
+            "counter",
+            "Subscribes that asked to recover and were answered recovered: false (epoch changed, position beyond the stream, or too much missed).",
+            s.not_recovered,
+        ),
+        (
+            "roomcast_insufficient_state_total",
+            "counter",
+            "Subscriptions ended with unsubscribe 2500 because their position could not continue.",
+            s.insufficient_state,
+        ),
+        (
+            "roomcast_heals_total",
+            "counter",
+            "Reads of a room's history to deliver what the node's Redis link missed.",
+            s.heals,
+        ),
+        (
+            "roomcast_history_gaps_total",
+            "counter",
+            "Publications the node missed that were no longer in the room's history when it healed.",
+            s.history_gaps,
+        ),
         (
             "roomcast_origin_refused_total",
             "counter",

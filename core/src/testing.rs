@@ -90,7 +90,7 @@ use bytes::Bytes;
 use crate::codec::http::ClientProtocol;
 use crate::codec::seed::FrameError;
 use crate::config::{ClientTimers, HubConfig, Limits, NodeConfig};
-use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Session};
+use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Outbound, Session};
 use crate::metrics::Snapshot;
 use crate::node::{Admitted, Conn, Finish, Inbound, Node, Outgoing, Reply, WRITE_BATCH_BYTES};
 
@@ -731,6 +731,8 @@ impl Setup {
     /// every limit and timer is reached in short sequences.
     pub fn config(&self) -> NodeConfig {
         NodeConfig {
+            recovery_max_publications: 300,
+            history_max_publications: 300,
             hub: HubConfig {
                 limits: Limits {
                     max_frame_bytes: MAX_FRAME,
@@ -863,8 +865,18 @@ struct Pub {
 }
 
 impl Pub {
-    fn wire(&self) -> (String, Bytes) {
-        (self.channel.clone(), self.payload.clone())
+    fn wire(&self) -> Outbound {
+        Outbound::publish(&self.channel, self.payload.clone())
+    }
+
+    /// The plain `PUBLISH` the node sent (the model's rooms keep no history).
+    fn of(o: &Outbound) -> Pub {
+        let args = &o.call.0;
+        assert_eq!(o.call.name(), b"PUBLISH", "a plain publish: {o:?}");
+        Pub {
+            channel: String::from_utf8(args[1].to_vec()).expect("a UTF-8 channel"),
+            payload: args[2].clone(),
+        }
     }
 }
 
@@ -1903,7 +1915,7 @@ impl Model {
         }
         if matches!(self.link, Link::Up { .. }) && !self.queue.is_empty() {
             let got = it.next();
-            let want: Vec<(String, Bytes)> = self.queue.drain(..).map(|p| p.wire()).collect();
+            let want: Vec<Outbound> = self.queue.drain(..).map(|p| p.wire()).collect();
             assert!(
                 matches!(got, Some(BrokerOp::Publish(g)) if *g == want),
                 "g: publishes in order: expected {want:?}, got {got:?}"
@@ -2008,6 +2020,11 @@ impl Model {
                 .collect(),
             origin_refused: 0,
             auth_refused: 0,
+            recovered: 0,
+            not_recovered: 0,
+            insufficient_state: 0,
+            heals: 0,
+            history_gaps: 0,
             handshake_failures: self.handshake_failures,
             rejected_connections: self.rejected,
             http_requests: self.http_requests,
@@ -2240,7 +2257,14 @@ impl std::fmt::Debug for Harness {
 impl Harness {
     pub fn new(setup: Setup) -> Harness {
         let cfg = setup.config();
-        let node = Node::new(cfg.clone(), Duration::ZERO);
+        // Everything allowed, as open mode, but without its history: the
+        // model's rooms are plain Pub/Sub (history has tests of its own).
+        let settings = crate::auth::AuthSettings {
+            default_namespace: Some(crate::auth::NamespaceOptions::allow_all()),
+            ..crate::auth::AuthSettings::default()
+        };
+        let auth = crate::auth::Auth::new(&settings, None).expect("a valid policy");
+        let node = Node::with_auth(cfg.clone(), Arc::new(auth), Duration::ZERO);
         let probe = node.inspect(|h| h.broker().probe_channel().to_string());
         // The timer task starts from the first deadline.
         let timer_seen = node.deadline();
@@ -2832,13 +2856,7 @@ impl Harness {
                     // the node's buffer.
                     if let BrokerOp::Publish(b) = other {
                         let b = b.clone();
-                        let pubs: Vec<Pub> = b
-                            .iter()
-                            .map(|(channel, payload)| Pub {
-                                channel: channel.clone(),
-                                payload: payload.clone(),
-                            })
-                            .collect();
+                        let pubs: Vec<Pub> = b.iter().map(Pub::of).collect();
                         self.node.broker_unsent(b);
                         self.model.hold_unsent(pubs);
                     }
@@ -2900,7 +2918,11 @@ impl Harness {
             BrokerOp::Publish(batch) => {
                 let n = batch.len();
                 if ok {
-                    for (ch, payload) in batch {
+                    for Pub {
+                        channel: ch,
+                        payload,
+                    } in batch.iter().map(Pub::of)
+                    {
                         let expect = match self.model.known.get(&payload) {
                             Some(_) if payload.len() > MAX_BROKER_PAYLOAD => Expect::TooLarge,
                             Some(d) => Expect::Room(d.clone()),
@@ -2921,6 +2943,7 @@ impl Harness {
                 }
                 (ok, 0)
             }
+            BrokerOp::Query(q) => panic!("the model's rooms keep no history: {q:?}"),
             BrokerOp::Connect(_) | BrokerOp::Reset(_) => unreachable!("handled before"),
         };
         if ok && progress {
@@ -2932,7 +2955,7 @@ impl Harness {
             (false, unknown) => {
                 // The link is lost; what was queued behind went unsent.
                 self.sim.link = None;
-                let unsent: Vec<(String, Bytes)> = self
+                let unsent: Vec<Outbound> = self
                     .sim
                     .batch
                     .drain(..)
@@ -2948,15 +2971,9 @@ impl Harness {
         self.sim_run();
     }
 
-    fn report_disconnected(&mut self, s: Session, unknown: usize, unsent: Vec<(String, Bytes)>) {
+    fn report_disconnected(&mut self, s: Session, unknown: usize, unsent: Vec<Outbound>) {
         let now = self.now;
-        let pubs: Vec<Pub> = unsent
-            .iter()
-            .map(|(channel, payload)| Pub {
-                channel: channel.clone(),
-                payload: payload.clone(),
-            })
-            .collect();
+        let pubs: Vec<Pub> = unsent.iter().map(Pub::of).collect();
         self.node.broker_disconnected(s, unknown, unsent, now);
         // Current or not, the report's publishes are accounted.
         let _ = self.model.disconnected(s.0, unknown, pubs, now);

@@ -266,7 +266,7 @@ proptest! {
         );
         let history: Value = serde_json::from_str(&encode_history_reply(
             2,
-            &HistoryResult { publications: &[p, p], epoch: &user, offset },
+            &HistoryResult { publications: &[p, p], epoch: &user, offset, raw_publications: None },
         ))
         .unwrap();
         prop_assert_eq!(&history["history"]["publications"][1]["data"], &v);

@@ -68,8 +68,14 @@ proptest! {
     }
 
     #[test]
-    fn envelopes_round_trip(r in room(), m in message(), i in info()) {
-        let env = Envelope { room: r.into(), message: m, info: i.map(Into::into) };
+    fn envelopes_round_trip(
+        r in room(),
+        m in message(),
+        i in info(),
+        pos in proptest::option::of((1u64.., "[a-z0-9]{1,12}")),
+    ) {
+        let position = pos.map(|(o, e)| (o, std::borrow::Cow::Owned(e)));
+        let env = Envelope { room: r.into(), message: m, info: i.map(Into::into), position };
         let enc = env.encode();
         let parsed = envelope::parse_envelope(enc.as_bytes()).unwrap();
         prop_assert_eq!(&parsed, &env);
@@ -78,8 +84,13 @@ proptest! {
             room: &env.room,
             message: env.message.clone(),
             info: env.info.as_deref(),
+            position: None,
         };
-        prop_assert_eq!(envelope::encode(&publication), enc);
+        let want = match &env.position {
+            None => envelope::encode(&publication),
+            Some((o, e)) => envelope::encode_positioned(&publication, *o, e),
+        };
+        prop_assert_eq!(want, enc);
     }
 
     #[test]

@@ -604,12 +604,14 @@ ws_pong_timeout = "2s"
 client_ping_interval = "3s"
 client_pong_timeout = "4s"
 client_connect_timeout = "5s"
+recovery_max_publications = 13
+history_max_publications = 14
 seed_protocol = "off"
 threads = 3
 handshake_timeout = "6s"
 shutdown_grace = "7s"
 redis_connect_timeout = "8s"
-redis_ping_interval = "9s"
+redis_probe_interval = "9s"
 redis_timeout = "10s"
 reconnect_min = "11ms"
 reconnect_max = "12s"
@@ -637,12 +639,14 @@ no_chat_page = true
     assert_eq!(cli.client_ping_interval, Duration::from_secs(3));
     assert_eq!(cli.client_pong_timeout, Duration::from_secs(4));
     assert_eq!(cli.client_connect_timeout, Duration::from_secs(5));
+    assert_eq!(cli.recovery_max_publications, 13);
+    assert_eq!(cli.history_max_publications, 14);
     assert_eq!(cli.seed_protocol, "off");
     assert_eq!(cli.threads, Some(3));
     assert_eq!(cli.handshake_timeout, Duration::from_secs(6));
     assert_eq!(cli.shutdown_grace, Duration::from_secs(7));
     assert_eq!(cli.redis_connect_timeout, Duration::from_secs(8));
-    assert_eq!(cli.redis_ping_interval, Duration::from_secs(9));
+    assert_eq!(cli.redis_probe_interval, Duration::from_secs(9));
     assert_eq!(cli.redis_timeout, Duration::from_secs(10));
     assert_eq!(cli.reconnect_min, Duration::from_millis(11));
     assert_eq!(cli.reconnect_max, Duration::from_secs(12));

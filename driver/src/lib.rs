@@ -27,6 +27,8 @@ use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt, AsyncWriteExt, FutureExt, SinkExt, StreamExt};
 use roomcast_core::auth::{Auth, Pattern};
+use roomcast_core::codec::redis::{Call, Reply as RedisReply, SCRIPTS};
+use roomcast_core::hub::Ticket;
 use roomcast_core::node::{Admitted, Taken};
 use roomcast_core::settings::{self, Settings};
 use roomcast_core::{
@@ -685,12 +687,15 @@ async fn broker_task<R: Runtime>(shared: Arc<Shared<R>>, client: redis::Client) 
                 // No link (it failed before this op's turn): a publish goes
                 // back to the node's buffer; subscriptions are redone by the
                 // next link.
-                if let BrokerOp::Publish(batch) = op {
-                    node.broker_unsent(batch);
+                match op {
+                    BrokerOp::Publish(batch) => node.broker_unsent(batch),
+                    BrokerOp::Query(q) => fail_tickets(node, q.iter().map(|(t, _)| *t)),
+                    _ => {}
                 }
                 continue;
             };
             let session = l.session;
+            let mut failed = Vec::new();
             let (ok, unknown) = match op {
                 BrokerOp::Subscribe(chs) => {
                     let ok = matches!(timeout(rt, t, l.sink.subscribe(&chs)).await, Some(Ok(())));
@@ -707,18 +712,46 @@ async fn broker_task<R: Runtime>(shared: Arc<Shared<R>>, client: redis::Client) 
                     (ok, 0)
                 }
                 BrokerOp::Publish(batch) => {
-                    let mut pipe = redis::pipe();
-                    for (channel, payload) in &batch {
-                        pipe.publish(channel, payload.as_ref()).ignore();
+                    let n = batch.len();
+                    let calls = batch.iter().map(|o| &o.call);
+                    match timeout(rt, t, run_pipeline(&mut l.publisher, calls)).await {
+                        Some(Ok(replies)) if !replies.iter().any(link_lost) => {
+                            node.broker_published(session, n);
+                            let answers: Vec<_> = batch
+                                .iter()
+                                .zip(replies)
+                                .filter_map(|(o, r)| Some((o.ticket?, Ok(r))))
+                                .collect();
+                            if !answers.is_empty() {
+                                node.broker_replies(answers);
+                            }
+                            (true, n)
+                        }
+                        _ => {
+                            // Their fate is unknown: counted as such, and
+                            // whoever waits is told it failed.
+                            failed.extend(batch.iter().filter_map(|o| o.ticket));
+                            (false, n)
+                        }
                     }
-                    let ok = matches!(
-                        timeout(rt, t, pipe.exec_async(&mut l.publisher)).await,
-                        Some(Ok(()))
-                    );
-                    if ok {
-                        node.broker_published(session, batch.len());
+                }
+                BrokerOp::Query(queries) => {
+                    let calls = queries.iter().map(|(_, c)| c);
+                    match timeout(rt, t, run_pipeline(&mut l.publisher, calls)).await {
+                        Some(Ok(replies)) if !replies.iter().any(link_lost) => {
+                            let answers = queries
+                                .iter()
+                                .zip(replies)
+                                .map(|((ticket, _), r)| (*ticket, Ok(r)))
+                                .collect();
+                            node.broker_replies(answers);
+                            (true, 0)
+                        }
+                        _ => {
+                            failed.extend(queries.iter().map(|(t, _)| *t));
+                            (false, 0)
+                        }
                     }
-                    (ok, batch.len())
                 }
                 BrokerOp::Probe { channel, payload } => {
                     let mut probe = redis::cmd("PUBLISH");
@@ -733,17 +766,102 @@ async fn broker_task<R: Runtime>(shared: Arc<Shared<R>>, client: redis::Client) 
                 // the failure was never sent and goes back to its buffer.
                 warn!("Redis link lost");
                 link = None;
-                let unsent = ops
-                    .by_ref()
-                    .filter_map(|op| match op {
-                        BrokerOp::Publish(batch) => Some(batch),
-                        _ => None,
-                    })
-                    .flatten()
-                    .collect();
+                let mut unsent = Vec::new();
+                for op in ops.by_ref() {
+                    match op {
+                        BrokerOp::Publish(batch) => unsent.extend(batch),
+                        BrokerOp::Query(q) => failed.extend(q.iter().map(|(t, _)| *t)),
+                        _ => {}
+                    }
+                }
                 node.broker_disconnected(session, unknown, unsent, rt.now());
+                // After the node knows the link is gone: a heal whose read
+                // failed waits for the next link instead of giving up.
+                fail_tickets(node, failed.drain(..));
             }
         }
+    }
+}
+
+/// Runs `calls` in one pipeline; each call's own error is its reply, a
+/// failed link is the whole pipeline's error.
+async fn run_pipeline<'a>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    calls: impl Iterator<Item = &'a Call>,
+) -> redis::RedisResult<Vec<RedisReply>> {
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for call in calls {
+        let mut args = call.0.iter();
+        let name = args.next().map_or(&b""[..], |b| &b[..]);
+        let mut cmd = redis::cmd(std::str::from_utf8(name).unwrap_or("ECHO"));
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        pipe.add_command(cmd);
+        n += 1;
+    }
+    let results: Vec<redis::RedisResult<redis::Value>> =
+        pipe.ignore_errors().query_async(conn).await?;
+    if results.len() != n {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a pipeline answered a different number of replies",
+        )));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => reply_of(v),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                RedisReply::Error(format!("LINK {e}"))
+            }
+            Err(e) => RedisReply::Error(match e.code() {
+                Some(code) => format!("{code} {}", e.detail().unwrap_or("")),
+                None => e.to_string(),
+            }),
+        })
+        .collect())
+}
+
+/// A redis-rs value as the core reads replies (RESP3's extra types as the
+/// core documents).
+fn reply_of(v: redis::Value) -> RedisReply {
+    use redis::Value as V;
+    match v {
+        V::Nil => RedisReply::Nil,
+        V::Int(n) => RedisReply::Int(n),
+        V::BulkString(b) => RedisReply::Data(b.into()),
+        V::SimpleString(s) => RedisReply::Data(s.into()),
+        V::Okay => RedisReply::Data(Bytes::from_static(b"OK")),
+        V::Array(a) | V::Set(a) => RedisReply::Array(a.into_iter().map(reply_of).collect()),
+        V::Push { data, .. } => RedisReply::Array(data.into_iter().map(reply_of).collect()),
+        V::Map(kv) => RedisReply::Array(
+            kv.into_iter()
+                .flat_map(|(k, v)| [reply_of(k), reply_of(v)])
+                .collect(),
+        ),
+        V::Attribute { data, .. } => reply_of(*data),
+        V::Double(d) => RedisReply::Data(d.to_string().into()),
+        V::Boolean(b) => RedisReply::Int(i64::from(b)),
+        V::VerbatimString { text, .. } => RedisReply::Data(text.into()),
+        V::ServerError(e) => RedisReply::Error(e.to_string()),
+        other => RedisReply::Error(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A reply that means the link cannot go on: the server lost its scripts
+/// (the next link loads them), or the connection failed mid-pipeline.
+fn link_lost(r: &RedisReply) -> bool {
+    r.is_noscript() || matches!(r, RedisReply::Error(e) if e.starts_with("LINK "))
+}
+
+fn fail_tickets(node: &Node, tickets: impl Iterator<Item = Ticket>) {
+    let failed: Vec<_> = tickets
+        .map(|t| (t, Err("the Redis link failed".to_string())))
+        .collect();
+    if !failed.is_empty() {
+        node.broker_replies(failed);
     }
 }
 
@@ -765,6 +883,17 @@ async fn connect<R: Runtime>(
             .get_multiplexed_async_connection_with_config(&cfg)
             .await?;
         redis::cmd("PING").exec_async(&mut publisher).await?;
+        // The scripts first: every EVALSHA on this link finds them.
+        for script in SCRIPTS {
+            let sha: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script.source)
+                .query_async(&mut publisher)
+                .await?;
+            if sha != script.sha1() {
+                warn!(script = script.name, "Redis hashed a script differently");
+            }
+        }
         let pubsub = client.get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
         sink.ping::<redis::Value>().await?;

@@ -208,6 +208,20 @@ impl Drop for TempDir {
 
 /// A `roomcast.toml` with `text` in a temporary folder of its own, for
 /// `--config`. Keep it alive while the node reads it (at start).
+/// Open mode's permissions without its history and presence: plain
+/// Pub/Sub rooms.
+pub fn plain_config() -> ConfigFile {
+    ConfigFile::new(
+        "allow_anonymous_connect_without_token = true\n\
+         [default_namespace]\n\
+         allow_subscribe_for_client = true\n\
+         allow_subscribe_for_anonymous = true\n\
+         allow_publish_for_client = true\n\
+         allow_publish_for_subscriber = true\n\
+         allow_publish_for_anonymous = true\n",
+    )
+}
+
 pub struct ConfigFile {
     dir: TempDir,
     path: PathBuf,

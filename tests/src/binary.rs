@@ -131,6 +131,17 @@ impl BinaryNode {
         node
     }
 
+    /// Runs it listening on 127.0.0.1:`port` with `args`, and waits for
+    /// its start line.
+    pub fn start_on(rt: Runtime, port: u16, args: &[&str], how: Spawn) -> BinaryNode {
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec!["--listen", listen.as_str()];
+        all.extend_from_slice(args);
+        let mut node = BinaryNode::spawn(rt, &all, how);
+        node.addr = Some(node.listening());
+        node
+    }
+
     pub fn runtime(&self) -> Runtime {
         self.rt
     }

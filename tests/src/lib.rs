@@ -62,7 +62,7 @@ pub const FAST_REDIS: &[&str] = &[
     "50ms",
     "--reconnect-max",
     "500ms",
-    "--redis-ping-interval",
+    "--redis-probe-interval",
     "500ms",
     "--redis-timeout",
     "1s",

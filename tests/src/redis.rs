@@ -18,6 +18,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (after the defaults, so they win).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -28,6 +30,24 @@ impl RedisServer {
             match RedisServer::try_start_on(free_port()) {
                 Ok(r) => return r,
                 // Another process took the port first: pick another.
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    /// A server that logs every write to its append-only file and fsyncs
+    /// it before answering (`appendfsync always`): a restart
+    /// ([`restart`](Self::restart), SIGKILL then start on the same
+    /// directory) loses nothing it acknowledged.
+    pub fn start_durable() -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..10 {
+            match RedisServer::try_start_with(
+                free_port(),
+                &["--appendonly", "yes", "--appendfsync", "always"],
+            ) {
+                Ok(r) => return r,
                 Err(e) => last = e,
             }
         }
@@ -48,12 +68,17 @@ impl RedisServer {
     }
 
     fn try_start_on(port: u16) -> Result<RedisServer, String> {
+        RedisServer::try_start_with(port, &[])
+    }
+
+    fn try_start_with(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
         let dir = std::env::temp_dir().join(unique("roomcast-redis"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let mut r = RedisServer {
             port,
             dir,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn()?;
         Ok(r)
@@ -68,6 +93,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

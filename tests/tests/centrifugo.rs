@@ -257,7 +257,10 @@ fn tutorial_server_and_sdk_clients(rt: Runtime) {
 /// After unsubscribing, nothing more arrives from the channel: for each
 /// SDK, and for a raw client (whose pushes no SDK filters).
 fn unsubscribe_stops_delivery(rt: Runtime) {
-    let node = Node::embedded(rt, &[]);
+    // Plain rooms: with open mode's history, an SDK subscribing again
+    // recovers what was published meanwhile (tests/tests/recovery.rs).
+    let cfg = roomcast_tests::auth::plain_config();
+    let node = Node::embedded(rt, &["--config", cfg.path()]);
     let mut p = CfClient::connect(node.addr());
     for sdk in Sdk::ALL {
         let (gone, kept) = (unique("left"), unique("kept"));
@@ -530,10 +533,18 @@ fn error_replies(rt: Runtime) {
     assert_eq!(bad_commands(&node, "missing_field"), 3);
 
     // Not available here.
-    for method in ["presence", "presence_stats", "history"] {
+    for method in ["presence", "presence_stats"] {
         let e = c.err(method, json!({"channel": a}));
         assert_error(&e, 108, "not available", method);
     }
+    // Open mode's rooms keep history: the position, no publications yet.
+    let h = c.ok("history", json!({"channel": a}));
+    assert!(h["epoch"].is_string(), "{h}");
+    assert_eq!(h["offset"], 0, "{h}");
+    assert!(
+        h["publications"].as_array().is_none_or(Vec::is_empty),
+        "{h}"
+    );
     let e = c.err("ping", json!({}));
     assert_error(&e, 108, "not available", "the ping method");
 
@@ -662,9 +673,12 @@ fn protocol_violations_close(rt: Runtime) {
 }
 
 /// The errors the SDKs expose: 108 for presence, presence stats and
-/// history, 104 for rpc, 106 for one channel too many.
+/// history where the namespace has none, 104 for rpc, 106 for one channel
+/// too many.
 fn sdk_error_codes(rt: Runtime) {
-    let node = Node::embedded(rt, &["--max-rooms-per-conn", "2"]);
+    // Everything allowed, as open mode, but no history or presence.
+    let cfg = roomcast_tests::auth::plain_config();
+    let node = Node::embedded(rt, &["--max-rooms-per-conn", "2", "--config", cfg.path()]);
     for sdk in Sdk::ALL {
         let (mut a, _) = connected(sdk, node.addr());
         let room = unique("errors");
@@ -712,7 +726,13 @@ fn batched_commands(rt: Runtime) {
         .as_str()
         .expect("a client id")
         .to_string();
-    assert_eq!(c.result(sub, "subscribe"), Ok(json!({})));
+    // Open mode's rooms keep history: the reply says where the stream is.
+    let r = c.result(sub, "subscribe").expect("subscribe");
+    let epoch = r["epoch"].as_str().expect("an epoch").to_string();
+    assert_eq!(
+        r,
+        json!({"recoverable": true, "positioned": true, "epoch": epoch})
+    );
     assert_eq!(c.result(publ, "publish"), Ok(json!({})));
     for x in [&mut c, &mut watcher] {
         let p = x.recv_publication(&room);

@@ -607,7 +607,7 @@ fn redis_paused(rt: Runtime, mode: &str) {
     let flags = [
         "--publish-buffer",
         "100000",
-        "--redis-ping-interval",
+        "--redis-probe-interval",
         "500ms",
         "--redis-timeout",
         "1s",
@@ -622,7 +622,7 @@ fn redis_paused(rt: Runtime, mode: &str) {
     let n2 = Node::redis(
         rt,
         &redis,
-        &["--redis-ping-interval", "2s", "--redis-timeout", "20s"],
+        &["--redis-probe-interval", "2s", "--redis-timeout", "20s"],
     );
     let room = "paused";
     let mut member = n2.client();

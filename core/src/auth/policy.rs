@@ -124,6 +124,27 @@ impl NamespaceOptions {
     }
 }
 
+impl NamespaceOptions {
+    /// Open mode's rooms: everything allowed, with a short history that
+    /// reconnecting clients recover from, and presence with join/leave, so
+    /// the chat page works with no setup.
+    pub fn open() -> NamespaceOptions {
+        NamespaceOptions {
+            history_size: OPEN_HISTORY_SIZE,
+            history_ttl: OPEN_HISTORY_TTL,
+            force_recovery: true,
+            presence: true,
+            join_leave: true,
+            ..NamespaceOptions::allow_all()
+        }
+    }
+}
+
+/// Open mode's history per room.
+pub const OPEN_HISTORY_SIZE: usize = 100;
+/// How long open mode keeps a room's history.
+pub const OPEN_HISTORY_TTL: Duration = Duration::from_secs(300);
+
 /// A configured namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
@@ -291,7 +312,7 @@ impl Policy {
     pub fn open() -> Policy {
         Policy {
             open: true,
-            default: NamespaceOptions::allow_all(),
+            default: NamespaceOptions::open(),
             namespaces: Vec::new(),
         }
     }

@@ -1515,6 +1515,9 @@ pub struct SubscribeResult<'a> {
     pub data: Option<&'a str>,
     /// The client asked to recover.
     pub was_recovering: bool,
+    /// Instead of `publications`: the publications already encoded, as a
+    /// JSON array (the node writes them from broker payloads).
+    pub raw_publications: Option<&'a str>,
 }
 
 /// The result of a connect.
@@ -1549,6 +1552,9 @@ pub struct HistoryResult<'a> {
     pub epoch: &'a str,
     /// The stream's top offset.
     pub offset: u64,
+    /// Instead of `publications`: the publications already encoded, as a
+    /// JSON array.
+    pub raw_publications: Option<&'a str>,
 }
 
 /// The result of a refresh.
@@ -1646,7 +1652,9 @@ fn write_subscribe_result(out: &mut String, r: &SubscribeResult<'_>) {
     o.uint("ttl", u64::from(r.ttl));
     o.bool("recoverable", r.recoverable);
     o.str("epoch", r.epoch);
-    if !r.publications.is_empty() {
+    if let Some(raw) = r.raw_publications.filter(|r| *r != "[]") {
+        o.key("publications").push_str(raw);
+    } else if !r.publications.is_empty() {
         write_publications(o.key("publications"), r.publications);
     }
     o.bool("recovered", r.recovered);
@@ -1683,7 +1691,10 @@ pub fn encode_subscribe_reply(id: u32, r: &SubscribeResult<'_>) -> String {
 pub fn encode_history_reply(id: u32, r: &HistoryResult<'_>) -> String {
     reply(id, "history", 48 + r.epoch.len(), |out| {
         let mut o = Obj::open(out);
-        write_publications(o.key("publications"), r.publications);
+        match r.raw_publications {
+            Some(raw) => o.key("publications").push_str(raw),
+            None => write_publications(o.key("publications"), r.publications),
+        }
         write_str(r.epoch, o.key("epoch"));
         write_u64(o.key("offset"), r.offset);
         o.close();
@@ -2182,7 +2193,8 @@ mod tests {
                 &HistoryResult {
                     publications: &pubs,
                     epoch: "x7",
-                    offset: 15
+                    offset: 15,
+                    raw_publications: None,
                 }
             ),
             r#"{"id":6,"history":{"publications":[{"data":{"n":1},"offset":13},{"data":{"n":2},"offset":14}],"epoch":"x7","offset":15}}"#

@@ -35,12 +35,20 @@ pub struct Envelope<'a> {
     /// The publisher's client info (a JSON object), when a client of the
     /// Centrifugo protocol published. The tutorial's server ignores it.
     pub info: Option<Cow<'a, str>>,
+    /// In a room with history: the publication's offset and its stream's
+    /// epoch (both, or neither). The tutorial's server ignores them.
+    pub position: Option<(u64, Cow<'a, str>)>,
 }
 
 impl Envelope<'_> {
     /// The payload to publish.
     pub fn encode(&self) -> String {
-        encode_parts(&self.room, &self.message, self.info.as_deref())
+        let mut out = encode_parts(&self.room, &self.message, self.info.as_deref());
+        if let Some((offset, epoch)) = &self.position {
+            out.pop();
+            push_position(&mut out, *offset, epoch);
+        }
+        out
     }
 }
 
@@ -48,6 +56,24 @@ impl Envelope<'_> {
 /// publisher's `info` after the seed's fields when there is one.
 pub fn encode(publication: &super::Publication<'_>) -> String {
     encode_parts(publication.room, &publication.message, publication.info)
+}
+
+/// [`encode`] with a position: what a room with history stores and
+/// publishes (the Redis script appends the same two fields itself).
+pub fn encode_positioned(publication: &super::Publication<'_>, offset: u64, epoch: &str) -> String {
+    let mut out = encode(publication);
+    out.pop();
+    push_position(&mut out, offset, epoch);
+    out
+}
+
+/// `,"offset":N,"epoch":"E"}` — as the publish script writes it (an epoch
+/// is made of characters JSON need not escape).
+fn push_position(out: &mut String, offset: u64, epoch: &str) {
+    use std::fmt::Write;
+    let _ = write!(out, r#","offset":{offset},"epoch":"#);
+    protocol::write_json_string(epoch, out);
+    out.push('}');
 }
 
 fn encode_parts(room: &str, message: &Message<'_>, info: Option<&str>) -> String {
@@ -84,19 +110,34 @@ pub fn parse_envelope(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         max_room_bytes: usize::MAX,
         ..Default::default()
     };
-    match protocol::parse_with_info(text.as_bytes(), &limits) {
-        Ok((ClientFrame::SendMessage { room, message }, info)) => {
+    match protocol::parse_with_extras(text.as_bytes(), &limits) {
+        Ok((ClientFrame::SendMessage { room, message }, extras)) => {
             // Publisher info is an object from a Centrifugo-protocol
             // client; anything else there is not ours to refuse the
             // message for (a client frame may carry any extra field, and
             // must be accepted from the broker as it is): it is ignored.
-            let info = info
+            // Likewise a position that is not an offset and an epoch.
+            let info = extras
+                .info
                 .filter(|v| v.get().starts_with('{'))
                 .map(|v| protocol::compact_json(v.get()));
+            let position = match (extras.offset, extras.epoch) {
+                (Some(o), Some(e)) => match (
+                    o.get().parse::<u64>(),
+                    serde_json::from_str::<Cow<'_, str>>(e.get()),
+                ) {
+                    (Ok(offset), Ok(epoch)) if offset > 0 && !epoch.is_empty() => {
+                        Some((offset, epoch))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
             Ok(Envelope {
                 room,
                 message,
                 info,
+                position,
             })
         }
         Ok(_) => Err(EnvelopeError::NotSendMessage),
@@ -182,6 +223,7 @@ mod tests {
             room: "r".into(),
             message: Message::Json(r#"{"text":"hi"}"#.into()),
             info: Some(r#"{"user":"42","client":"c1"}"#.into()),
+            position: None,
         };
         let enc = env.encode();
         assert_eq!(
@@ -197,12 +239,46 @@ mod tests {
     }
 
     #[test]
+    fn a_position_rides_along_as_the_script_writes_it() {
+        let p = super::super::Publication {
+            room: "r",
+            message: Message::Text("hi".into()),
+            info: None,
+            position: None,
+        };
+        let enc = encode_positioned(&p, 7, "abc");
+        assert_eq!(
+            enc,
+            r#"{"type":"sendMessage","roomId":"r","message":"hi","offset":7,"epoch":"abc"}"#
+        );
+        let env = parse_envelope(enc.as_bytes()).unwrap();
+        assert_eq!(env.position, Some((7, "abc".into())));
+        assert_eq!(env.encode(), enc);
+        // Anything else in those fields is no position.
+        for odd in [
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":"7","epoch":"e"}"#,
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":-1,"epoch":"e"}"#,
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":0,"epoch":"e"}"#,
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":7,"epoch":""}"#,
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":7}"#,
+            r#"{"type":"sendMessage","roomId":"r","message":1,"offset":1.5,"epoch":"e"}"#,
+        ] {
+            assert_eq!(
+                parse_envelope(odd.as_bytes()).unwrap().position,
+                None,
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
     fn long_room_names_from_the_broker_are_accepted() {
         let room = "x".repeat(1000);
         let env = Envelope {
             room: room.as_str().into(),
             message: Message::Text("m".into()),
             info: None,
+            position: None,
         };
         let enc = env.encode();
         assert_eq!(parse_envelope(enc.as_bytes()).unwrap(), env);

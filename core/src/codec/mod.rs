@@ -9,10 +9,13 @@
 //!   tutorial server's.
 //! - [`http`]: the request head of a new socket (route, upgrade check) and
 //!   the plain HTTP responses.
+//! - [`redis`]: Redis commands and replies as values, the keys of a room's
+//!   data and the Lua scripts the node runs.
 
 pub mod centrifugo;
 pub mod envelope;
 pub mod http;
+pub mod redis;
 pub mod seed;
 
 use seed::Message;
@@ -26,4 +29,6 @@ pub struct Publication<'a> {
     /// The publisher's client info (a JSON object), when it came from a
     /// client of the Centrifugo protocol.
     pub info: Option<&'a str>,
+    /// In a room with history: its offset and its stream's epoch.
+    pub position: Option<(u64, &'a str)>,
 }

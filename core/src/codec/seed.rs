@@ -219,6 +219,20 @@ struct RawFrame<'a> {
     /// of the Centrifugo protocol published.
     #[serde(borrow, default, deserialize_with = "present")]
     info: Option<&'a RawValue>,
+    /// Only in broker payloads of rooms with history: the publication's
+    /// offset and its stream's epoch.
+    #[serde(borrow, default, deserialize_with = "present")]
+    offset: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
+}
+
+/// The fields a broker payload may carry beyond a client frame's.
+#[derive(Debug, Default)]
+pub(crate) struct Extras<'a> {
+    pub info: Option<&'a RawValue>,
+    pub offset: Option<&'a RawValue>,
+    pub epoch: Option<&'a RawValue>,
 }
 
 /// A field that is present, even when it is `null` (which plain `Option`
@@ -233,15 +247,15 @@ pub fn parse_client_frame<'a>(
     input: &'a [u8],
     limits: &Limits,
 ) -> Result<ClientFrame<'a>, FrameError> {
-    parse_with_info(input, limits).map(|(frame, _)| frame)
+    parse_with_extras(input, limits).map(|(frame, _)| frame)
 }
 
-/// [`parse_client_frame`], also returning the `info` field (raw JSON) of a
-/// broker payload, if it has one.
-pub(crate) fn parse_with_info<'a>(
+/// [`parse_client_frame`], also returning the fields (raw JSON) a broker
+/// payload may carry beyond a client frame's.
+pub(crate) fn parse_with_extras<'a>(
     input: &'a [u8],
     limits: &Limits,
-) -> Result<(ClientFrame<'a>, Option<&'a RawValue>), FrameError> {
+) -> Result<(ClientFrame<'a>, Extras<'a>), FrameError> {
     if input.len() > limits.max_frame_bytes {
         return Err(FrameError::TooLarge {
             max: limits.max_frame_bytes,
@@ -264,7 +278,14 @@ pub(crate) fn parse_with_info<'a>(
         },
         _ => return Err(FrameError::UnknownType),
     };
-    Ok((frame, raw.info))
+    Ok((
+        frame,
+        Extras {
+            info: raw.info,
+            offset: raw.offset,
+            epoch: raw.epoch,
+        },
+    ))
 }
 
 fn parse_raw(text: &str) -> Result<RawFrame<'_>, FrameError> {

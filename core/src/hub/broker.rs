@@ -27,7 +27,32 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::codec::redis::Call;
 use crate::config::HubConfig;
+
+/// Names a broker request whose answer someone waits for; the node
+/// allocates them and matches each answer to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// A publish for the broker: one Redis command (a `PUBLISH`, or the
+/// history script that publishes), and the ticket of whoever waits for its
+/// reply (an API publish waits for its offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub call: Call,
+    pub ticket: Option<Ticket>,
+}
+
+impl Outbound {
+    /// A plain `PUBLISH` nobody waits for.
+    pub fn publish(channel: &str, payload: Bytes) -> Outbound {
+        Outbound {
+            call: Call::publish(channel, payload),
+            ticket: None,
+        }
+    }
+}
 
 /// A broker session: one connection attempt and, if it succeeds, the links
 /// that follow. Events of an older session are ignored.
@@ -82,8 +107,14 @@ pub enum BrokerOp {
     /// One UNSUBSCRIBE for these channels; report with [`Broker::progress`].
     Unsubscribe(Vec<String>),
     /// These publishes, in order, in one pipeline; report with
-    /// [`Broker::published`].
-    Publish(Vec<(String, Bytes)>),
+    /// [`Broker::published`], and the reply of each one with a ticket
+    /// (an error reply is that publish's answer, not a lost link; a
+    /// `NOSCRIPT` one is a lost link: the next one loads the scripts).
+    Publish(Vec<Outbound>),
+    /// These reads, in one pipeline on the command link, after everything
+    /// before them; report each reply with its ticket. A link that fails
+    /// fails them (report each as failed).
+    Query(Vec<(Ticket, Call)>),
     /// Publish `payload` on the node's probe channel. Its echo arrives as a
     /// broker message on that channel ([`Broker::probe_echo`]).
     Probe { channel: String, payload: Bytes },
@@ -144,9 +175,15 @@ pub struct Broker {
     /// Channels whose wanted state differs from `sent`: `true` to subscribe.
     dirty: BTreeMap<Box<str>, bool>,
     /// Publishes for a live link, not yet taken by the broker task.
-    queue: Vec<(String, Bytes)>,
+    queue: Vec<Outbound>,
     /// Publishes held while the link is not up.
-    pending: VecDeque<(String, Bytes)>,
+    pending: VecDeque<Outbound>,
+    /// Reads for a live link, not yet taken.
+    queries: Vec<(Ticket, Call)>,
+    /// Tickets of publishes dropped (no answer will come for them).
+    dropped: Vec<Ticket>,
+    /// The session came up since [`Broker::take_came_up`] last asked.
+    came_up: bool,
     counters: BrokerCounters,
 }
 
@@ -177,6 +214,9 @@ impl Broker {
             dirty: BTreeMap::new(),
             queue: Vec::new(),
             pending: VecDeque::new(),
+            queries: Vec::new(),
+            dropped: Vec::new(),
+            came_up: false,
             counters: BrokerCounters::default(),
         };
         match mode {
@@ -302,6 +342,9 @@ impl Broker {
             let batch = std::mem::take(&mut self.queue);
             ops.push(BrokerOp::Publish(batch));
         }
+        if self.is_up() && !self.queries.is_empty() {
+            ops.push(BrokerOp::Query(std::mem::take(&mut self.queries)));
+        }
         if self.link_open() && self.probe_due {
             self.probe_due = false;
             ops.push(BrokerOp::Probe {
@@ -342,25 +385,48 @@ impl Broker {
 
     // ----- publishes -----
 
-    /// Hands a publish to the link, or holds it.
-    pub fn publish(&mut self, channel: String, payload: Bytes) -> Queued {
+    /// Hands a publish to the link, or holds it. A dropped publish's
+    /// ticket gets no answer: its caller answers at once.
+    pub fn publish(&mut self, out: Outbound) -> Queued {
         if self.is_up() {
             if self.queue.len() >= self.publish_buffer {
                 self.counters.queue_dropped += 1;
                 return Queued::Dropped;
             }
-            self.queue.push((channel, payload));
+            self.queue.push(out);
             Queued::Sent
         } else if self.state == BrokerState::Stopped {
             self.counters.buffer_dropped += 1;
             Queued::Dropped
         } else if self.pending.len() < self.publish_buffer {
-            self.pending.push_back((channel, payload));
+            self.pending.push_back(out);
             Queued::Held
         } else {
             self.counters.buffer_dropped += 1;
             Queued::Dropped
         }
+    }
+
+    /// Queues a read for the live link. `false`: the link is not up (the
+    /// caller answers at once; reads are not held, a caller retries).
+    pub fn query(&mut self, ticket: Ticket, call: Call) -> bool {
+        if !self.is_up() || self.queries.len() >= self.publish_buffer {
+            return false;
+        }
+        self.queries.push((ticket, call));
+        true
+    }
+
+    /// Tickets of publishes dropped since the last call: no reply will
+    /// come for them.
+    pub fn take_dropped(&mut self) -> Vec<Ticket> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Whether the session came up (its first probe returned) since the
+    /// last call: the node heals its rooms then.
+    pub fn take_came_up(&mut self) -> bool {
+        std::mem::take(&mut self.came_up)
     }
 
     /// Redis confirmed `n` publishes (of this or an older session: they
@@ -371,7 +437,7 @@ impl Broker {
 
     /// Publishes the runtime could not send for lack of a link (they were
     /// queued for one that is gone): held again, in order.
-    pub fn unsent(&mut self, unsent: Vec<(String, Bytes)>) {
+    pub fn unsent(&mut self, unsent: Vec<Outbound>) {
         self.hold_front(unsent, self.is_up());
     }
 
@@ -432,6 +498,7 @@ impl Broker {
             BrokerState::Verifying { .. } => {
                 self.counters.connects += 1;
                 self.failed_attempts = 0;
+                self.came_up = true;
                 self.state = BrokerState::Up {
                     next_probe: now + self.ping_interval,
                     probe_deadline: None,
@@ -456,7 +523,7 @@ impl Broker {
         &mut self,
         session: Session,
         unknown: usize,
-        unsent: Vec<(String, Bytes)>,
+        unsent: Vec<Outbound>,
         now: Duration,
     ) {
         // Counted and held even when a newer session reports late: those
@@ -534,8 +601,12 @@ impl Broker {
             self.control.push_back(BrokerOp::Reset(self.session));
         }
         self.counters.buffer_dropped += self.pending.len() as u64;
-        self.pending.clear();
+        let pending = std::mem::take(&mut self.pending);
+        self.dropped
+            .extend(pending.into_iter().filter_map(|o| o.ticket));
         self.dirty.clear();
+        let queries = std::mem::take(&mut self.queries);
+        self.dropped.extend(queries.into_iter().map(|(t, _)| t));
         self.state = BrokerState::Stopped;
     }
 
@@ -553,10 +624,12 @@ impl Broker {
     ///
     /// After shutdown there is no link to come: they are dropped and
     /// counted. Either bound keeps the newest and counts the rest.
-    fn hold_front(&mut self, unsent: Vec<(String, Bytes)>, to_queue: bool) {
+    fn hold_front(&mut self, unsent: Vec<Outbound>, to_queue: bool) {
         if self.state == BrokerState::Stopped {
             self.counters.buffer_dropped += (unsent.len() + self.queue.len()) as u64;
-            self.queue.clear();
+            let queue = std::mem::take(&mut self.queue);
+            self.dropped
+                .extend(unsent.into_iter().chain(queue).filter_map(|o| o.ticket));
             return;
         }
         if to_queue {
@@ -565,6 +638,8 @@ impl Broker {
             let excess = all.len().saturating_sub(self.publish_buffer);
             self.counters.queue_dropped += excess as u64;
             self.queue = all.split_off(excess);
+            self.dropped
+                .extend(all.into_iter().filter_map(|o| o.ticket));
             return;
         }
         let mut unsent = unsent;
@@ -574,6 +649,7 @@ impl Broker {
                 self.pending.push_front(p);
             } else {
                 self.counters.buffer_dropped += 1;
+                self.dropped.extend(p.ticket);
             }
         }
     }
@@ -588,6 +664,10 @@ impl Broker {
 
     fn fail(&mut self, now: Duration) {
         self.counters.failures += 1;
+        // Reads queued for the failed link get no answer: their waiters
+        // are told (those the runtime took, it answers as failed).
+        let queries = std::mem::take(&mut self.queries);
+        self.dropped.extend(queries.into_iter().map(|(t, _)| t));
         // Publishes queued for the failed link were never taken: hold them.
         self.hold_front(Vec::new(), false);
         self.sent.clear();
@@ -662,7 +742,7 @@ mod tests {
     fn up_only_after_the_probe_returns() {
         let mut b = broker();
         assert_eq!(b.poll(), vec![BrokerOp::Connect(Session(1))]);
-        assert_eq!(b.publish("r".into(), "m".into()), Queued::Held);
+        assert_eq!(b.publish(Outbound::publish("r", "m".into())), Queued::Held);
         b.connected(Session(1), ["r", "s", "t"].into_iter(), Duration::ZERO);
         assert!(!b.is_up());
         let ops = b.poll();
@@ -681,7 +761,7 @@ mod tests {
         assert!(b.is_up());
         assert_eq!(
             b.poll(),
-            vec![BrokerOp::Publish(vec![("r".into(), "m".into())])]
+            vec![BrokerOp::Publish(vec![Outbound::publish("r", "m".into())])]
         );
         assert_eq!(b.counters().connects, 1);
     }
@@ -784,18 +864,21 @@ mod tests {
         let mut b = broker();
         up(&mut b, &[]);
         for i in 0..4 {
-            assert_eq!(b.publish("r".into(), format!("{i}").into()), Queued::Sent);
+            assert_eq!(
+                b.publish(Outbound::publish("r", format!("{i}").into())),
+                Queued::Sent
+            );
         }
         let ops = b.poll();
         assert_eq!(ops.len(), 1);
         // The pipeline of 4 failed after 2 were written: 2 unknown? The
         // runtime cannot tell, so all of the failed op are unknown; a later
         // op's were never sent.
-        b.publish("r".into(), "later".into());
+        b.publish(Outbound::publish("r", "later".into()));
         b.disconnected(
             Session(1),
             4,
-            vec![("r".into(), "unsent".into())],
+            vec![Outbound::publish("r", "unsent".into())],
             Duration::ZERO,
         );
         assert_eq!(b.counters().unknown, 4);
@@ -817,8 +900,8 @@ mod tests {
         assert_eq!(
             b.poll(),
             vec![BrokerOp::Publish(vec![
-                ("r".into(), "unsent".into()),
-                ("r".into(), "later".into())
+                Outbound::publish("r", "unsent".into()),
+                Outbound::publish("r", "later".into())
             ])]
         );
     }
@@ -827,7 +910,7 @@ mod tests {
     fn a_late_report_of_an_older_session_still_counts_and_holds() {
         let mut b = broker();
         up(&mut b, &[]);
-        b.publish("r".into(), "a".into());
+        b.publish(Outbound::publish("r", "a".into()));
         let _ = b.poll();
         // The link fails, a new one comes up, then the old batch's failure
         // is reported.
@@ -842,11 +925,16 @@ mod tests {
             panic!()
         };
         b.probe_echo(&payload, retry);
-        b.disconnected(Session(1), 1, vec![("r".into(), "b".into())], retry);
+        b.disconnected(
+            Session(1),
+            1,
+            vec![Outbound::publish("r", "b".into())],
+            retry,
+        );
         assert_eq!(b.counters().unknown, 1);
         assert_eq!(
             b.poll(),
-            vec![BrokerOp::Publish(vec![("r".into(), "b".into())])]
+            vec![BrokerOp::Publish(vec![Outbound::publish("r", "b".into())])]
         );
     }
 
@@ -860,9 +948,12 @@ mod tests {
             ..HubConfig::default()
         };
         let mut b = Broker::new(&cfg, BrokerMode::Remote, "p".into(), Duration::ZERO);
-        assert_eq!(b.publish("r".into(), "1".into()), Queued::Held);
-        assert_eq!(b.publish("r".into(), "2".into()), Queued::Held);
-        assert_eq!(b.publish("r".into(), "3".into()), Queued::Dropped);
+        assert_eq!(b.publish(Outbound::publish("r", "1".into())), Queued::Held);
+        assert_eq!(b.publish(Outbound::publish("r", "2".into())), Queued::Held);
+        assert_eq!(
+            b.publish(Outbound::publish("r", "3".into())),
+            Queued::Dropped
+        );
         assert_eq!(b.counters().buffer_dropped, 1);
     }
 

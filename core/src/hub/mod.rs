@@ -13,12 +13,15 @@
 //! it and hands it back, nothing more.
 
 pub mod broker;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use broker::{Broker, BrokerCounters, BrokerMode, BrokerOp, BrokerState, Queued, Session};
+pub use broker::{
+    Broker, BrokerCounters, BrokerMode, BrokerOp, BrokerState, Outbound, Queued, Session, Ticket,
+};
 
 use crate::codec::envelope;
 use crate::config::HubConfig;
@@ -92,6 +95,9 @@ pub struct Footprint {
 struct Room<M> {
     name: Box<str>,
     members: Members<M>,
+    /// The node's position in the room's stream (rooms with history, once
+    /// a positioned publication or a subscribe's read showed it).
+    stream: Option<Box<stream::RoomStream>>,
 }
 
 #[derive(Debug)]
@@ -196,6 +202,25 @@ impl<M: Clone> Hub<M> {
     pub fn members(&self, room: &str) -> Option<Members<M>> {
         let &slot = self.room_index.get(room)?;
         Some(self.room(slot).members.clone())
+    }
+
+    /// The local members of a room and the node's position in its stream,
+    /// for a positioned publication. `None`: no local members.
+    pub fn members_and_stream(
+        &mut self,
+        room: &str,
+    ) -> Option<(Members<M>, &mut Option<Box<stream::RoomStream>>)> {
+        let &slot = self.room_index.get(room)?;
+        let r = self.rooms[slot as usize].as_mut()?;
+        Some((r.members.clone(), &mut r.stream))
+    }
+
+    /// Every room with members whose stream position the node knows.
+    pub fn streams_mut(&mut self) -> impl Iterator<Item = (&str, &mut stream::RoomStream)> {
+        self.rooms
+            .iter_mut()
+            .flatten()
+            .filter_map(|r| r.stream.as_deref_mut().map(|s| (&*r.name, s)))
     }
 
     /// Every room with members.
@@ -348,6 +373,7 @@ impl<M: Clone> Hub<M> {
         let room = Room {
             name: name.into(),
             members: Arc::new(Vec::new()),
+            stream: None,
         };
         let channel = self.channel(name);
         self.broker.room_added(&channel);

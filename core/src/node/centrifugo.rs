@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::history::{HistoryOpts, SubscribeWait};
 use super::limiter::{RateLimiter, Verdict};
 use super::{Inbound, Node, Peer, Publication, add, lock};
 use crate::auth::{Answer, ConnClaims, User};
@@ -18,6 +19,7 @@ use crate::codec::centrifugo::{
 use crate::codec::seed::{Message, write_json_string};
 use crate::config::{ClientTimers, NodeConfig};
 use crate::hub::Refusal;
+use crate::hub::stream::{RecoverFrom, StreamPos};
 
 /// The server version the connect reply announces.
 pub const VERSION: &str = concat!("roomcast ", env!("CARGO_PKG_VERSION"));
@@ -284,7 +286,14 @@ impl CfSession {
                     });
                 }
             }
-            Request::Subscribe { channel, token, .. } => {
+            Request::Subscribe {
+                channel,
+                token,
+                recover,
+                epoch,
+                offset,
+                ..
+            } => {
                 let grant =
                     node.auth
                         .subscribe(&self.user, &channel, token.as_deref(), self.wall(now));
@@ -293,21 +302,45 @@ impl CfSession {
                     Err(denial) => return answer(node, peer, id, denial.centrifugo()),
                 };
                 let (expires, ttl) = self.ttl(grant.expires_at, now);
-                node.join_then(peer, &channel, |joined| {
-                    Some(match joined {
-                        Ok(_) => Bytes::from(cf::encode_subscribe_reply(
-                            id,
-                            &cf::SubscribeResult {
-                                expires,
-                                ttl,
-                                ..cf::SubscribeResult::default()
-                            },
-                        )),
-                        Err(Refusal::AlreadyMember) => error(id, ErrorCode::ALREADY_SUBSCRIBED),
-                        Err(Refusal::TooManyRooms { .. }) => error(id, ErrorCode::LIMIT_EXCEEDED),
-                        Err(Refusal::ShuttingDown) => error(id, ErrorCode::INTERNAL),
-                    })
-                });
+                let refused = move |e: Refusal| match e {
+                    Refusal::AlreadyMember => error(id, ErrorCode::ALREADY_SUBSCRIBED),
+                    Refusal::TooManyRooms { .. } => error(id, ErrorCode::LIMIT_EXCEEDED),
+                    Refusal::ShuttingDown => error(id, ErrorCode::INTERNAL),
+                };
+                if let Some(o) = HistoryOpts::of(&grant.options) {
+                    // The SDKs send `recover` after a reconnect; a namespace
+                    // with `force_recovery` recovers whenever a position is
+                    // given.
+                    let asked = recover || (o.force_recovery && offset.is_some());
+                    let from = asked.then(|| RecoverFrom {
+                        offset: offset.unwrap_or(0),
+                        epoch: epoch.as_deref().unwrap_or("").to_string(),
+                    });
+                    let wait = SubscribeWait {
+                        peer: peer.clone(),
+                        id,
+                        room: channel.as_ref().into(),
+                        from,
+                        was_recovering: asked,
+                        expires,
+                        ttl,
+                    };
+                    node.subscribe_with_history(peer, wait, &o, refused, now);
+                } else {
+                    node.join_then(peer, &channel, |joined| {
+                        Some(match joined {
+                            Ok(_) => Bytes::from(cf::encode_subscribe_reply(
+                                id,
+                                &cf::SubscribeResult {
+                                    expires,
+                                    ttl,
+                                    ..cf::SubscribeResult::default()
+                                },
+                            )),
+                            Err(e) => refused(e),
+                        })
+                    });
+                }
                 if let Some(exp) = grant.expires_at
                     && node.is_member(peer, &channel)
                 {
@@ -329,11 +362,15 @@ impl CfSession {
                         return answer(node, peer, id, denial.centrifugo());
                     }
                 }
-                node.publish(&Publication {
-                    room: &channel,
-                    message: message_of(data.as_str()),
-                    info: Some(&self.info),
-                });
+                node.publish(
+                    &Publication {
+                        room: &channel,
+                        message: message_of(data.as_str()),
+                        info: Some(&self.info),
+                        position: None,
+                    },
+                    now,
+                );
                 node.send(
                     peer,
                     Bytes::from(cf::encode_reply(id, Method::Publish, None)),
@@ -377,8 +414,40 @@ impl CfSession {
                     Err(denial) => answer(node, peer, id, denial.centrifugo()),
                 }
             }
-            // Presence and history come with the issues that add them.
-            Request::Presence { .. } | Request::PresenceStats { .. } | Request::History { .. } => {
+            Request::History {
+                channel,
+                limit,
+                since,
+                reverse,
+            } => {
+                let o = match node.auth.policy().resolve(&channel) {
+                    Ok((_, options)) => HistoryOpts::of(&options),
+                    Err(denial) => return answer(node, peer, id, denial.centrifugo()),
+                };
+                let Some(o) = o else {
+                    return reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE);
+                };
+                let member = node.is_member(peer, &channel);
+                if let Err(denial) = node
+                    .auth
+                    .policy()
+                    .decide_history(&self.user, &channel, member)
+                {
+                    return answer(node, peer, id, denial.centrifugo());
+                }
+                let since = since.map(|p| StreamPos {
+                    offset: p.offset,
+                    epoch: p.epoch.as_ref().into(),
+                });
+                let ask = super::history::HistoryAsk {
+                    limit,
+                    since,
+                    reverse,
+                };
+                node.history_command(peer, id, &channel, ask, &o, now);
+            }
+            // Presence comes with the issue that adds it.
+            Request::Presence { .. } | Request::PresenceStats { .. } => {
                 reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE)
             }
             Request::Ping => reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE),
@@ -455,20 +524,32 @@ fn close(node: &Node, peer: &Arc<Peer>, d: Disconnect) {
 pub(super) fn encode(p: &Publication<'_>) -> Bytes {
     let data = p.message.delivered();
     let mut out =
-        String::with_capacity(p.room.len() + data.len() + 64 + p.info.map_or(0, str::len));
+        String::with_capacity(p.room.len() + data.len() + 96 + p.info.map_or(0, str::len));
     out.push_str(r#"{"push":{"channel":"#);
     write_json_string(p.room, &mut out);
-    out.push_str(r#","pub":{"data":"#);
+    out.push_str(r#","pub":"#);
+    write_publication(&mut out, p);
+    out.push_str("}}");
+    Bytes::from(out)
+}
+
+/// Appends a publication as the protocol writes it in pushes and in
+/// subscribe and history replies: `{"data":D[,"info":I][,"offset":N]}`.
+pub(super) fn write_publication(out: &mut String, p: &Publication<'_>) {
+    out.push_str(r#"{"data":"#);
     match &p.message {
-        Message::Text(s) => write_json_string(s, &mut out),
+        Message::Text(s) => write_json_string(s, out),
         Message::Json(s) => out.push_str(s),
     }
     if let Some(info) = p.info {
         out.push_str(r#","info":"#);
         out.push_str(info);
     }
-    out.push_str("}}}");
-    Bytes::from(out)
+    if let Some((offset, _)) = p.position {
+        use std::fmt::Write;
+        let _ = write!(out, r#","offset":{offset}"#);
+    }
+    out.push('}');
 }
 
 #[cfg(test)]

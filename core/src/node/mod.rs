@@ -36,6 +36,7 @@
 
 mod admission;
 mod centrifugo;
+pub mod history;
 pub mod limiter;
 pub mod outbox;
 mod seed;
@@ -56,7 +57,9 @@ use crate::codec::envelope::{self, Envelope};
 use crate::codec::http::{self, ClientProtocol, Decision, HeadReader, Route};
 use crate::codec::seed::FrameError;
 use crate::config::NodeConfig;
-use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Hub, Members, Queued, Session};
+use crate::hub::{
+    BrokerMode, BrokerOp, BrokerState, ConnId, Hub, Members, Outbound, Queued, Session, Ticket,
+};
 use crate::metrics::Snapshot;
 
 /// How long a slow consumer's close frame may take before its socket is
@@ -206,6 +209,11 @@ struct Stats {
     no_pong_closes: AtomicU64,
     origin_refused: AtomicU64,
     auth_refused: AtomicU64,
+    recovered: AtomicU64,
+    not_recovered: AtomicU64,
+    insufficient_state: AtomicU64,
+    heals: AtomicU64,
+    history_gaps: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -260,6 +268,12 @@ pub struct Node {
     shared: Mutex<Shared>,
     admission: admission::Admission,
     stats: Stats,
+    /// The embedded broker's room streams.
+    memory: history::Memory,
+    /// Who waits for which broker reply.
+    waiters: Mutex<std::collections::HashMap<Ticket, history::Waiter>>,
+    tickets: AtomicU64,
+    epochs: AtomicU64,
 }
 
 impl Node {
@@ -287,6 +301,10 @@ impl Node {
             }),
             cfg,
             stats: Stats::default(),
+            memory: history::Memory::default(),
+            waiters: Mutex::new(std::collections::HashMap::new()),
+            tickets: AtomicU64::new(1),
+            epochs: AtomicU64::new(0),
         }
     }
 
@@ -299,13 +317,30 @@ impl Node {
     }
 
     /// Runs `f` on the hub under its lock, then wakes whoever must be.
+    ///
+    /// Broker requests that will get no answer are failed afterwards, and
+    /// when the broker session has just come up every room heals.
     fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
-        let (r, wakes) = {
+        let (r, wakes, dropped, released) = {
             let mut s = lock(&self.shared);
             let r = f(&mut s);
-            (r, s.wakes())
+            let released = if s.hub.broker_mut().take_came_up() {
+                self.heal_all(&mut s)
+            } else {
+                Vec::new()
+            };
+            let dropped = s.hub.broker_mut().take_dropped();
+            (r, s.wakes(), dropped, released)
         };
         wake_all(wakes);
+        if !dropped.is_empty() {
+            self.fail_tickets(dropped);
+        }
+        for (room, payloads) in released {
+            if let Some(members) = self.inspect(|h| h.members(&room)) {
+                self.release(&room, &members, payloads);
+            }
+        }
         r
     }
 
@@ -694,12 +729,17 @@ impl Node {
 
     fn leave(&self, peer: &Arc<Peer>, room: &str) -> bool {
         let id = peer.id;
-        self.with(|s| s.hub.leave(id, room))
+        let left = self.with(|s| s.hub.leave(id, room));
+        lock(&peer.outbox).remove_track(room);
+        left
     }
 
     /// Publishes to a room: through the broker, or, embedded, straight to
-    /// the local members.
-    fn publish(&self, publication: &Publication<'_>) {
+    /// the local members; into its stream first if the room keeps history.
+    fn publish(&self, publication: &Publication<'_>, now: Duration) {
+        if let Some(o) = self.history_of(publication.room) {
+            return self.publish_with_history(publication, &o, now);
+        }
         match self.cfg.mode {
             BrokerMode::Local => {
                 let members = self.inspect(|h| h.members(publication.room));
@@ -712,7 +752,8 @@ impl Node {
             BrokerMode::Remote => {
                 let payload = Bytes::from(envelope::encode(publication));
                 let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, publication.room);
-                self.with(|s| match s.hub.broker_mut().publish(channel, payload) {
+                let out = Outbound::publish(&channel, payload);
+                self.with(|s| match s.hub.broker_mut().publish(out) {
                     Queued::Sent | Queued::Held | Queued::Dropped => {}
                 });
             }
@@ -737,6 +778,7 @@ impl Node {
         let mut seed_frame: Option<Bytes> = None;
         let mut cf_frame: Option<Bytes> = None;
         let mut slow: Vec<Arc<Peer>> = Vec::new();
+        let mut lost: Vec<Arc<Peer>> = Vec::new();
         for (_, peer) in members.iter() {
             let frame = match peer.protocol {
                 ClientProtocol::Seed => seed_frame
@@ -746,7 +788,24 @@ impl Node {
                     .get_or_insert_with(|| centrifugo::encode(publication))
                     .clone(),
             };
-            let pushed = lock(&peer.outbox).push(frame, max);
+            let mut ob = lock(&peer.outbox);
+            // A subscriber with a position in the room's stream takes only
+            // the next publication of it.
+            if let Some((offset, epoch)) = publication.position
+                && let Some(track) = ob.track_mut(publication.room)
+            {
+                match track.step(offset, epoch, &frame) {
+                    crate::hub::stream::Step::Send => {}
+                    crate::hub::stream::Step::Skip => continue,
+                    crate::hub::stream::Step::Lost => {
+                        ob.remove_track(publication.room);
+                        lost.push(peer.clone());
+                        continue;
+                    }
+                }
+            }
+            let pushed = ob.push(frame, max);
+            drop(ob);
             match pushed {
                 Pushed::Queued(Some(w)) => wakes.push(w),
                 Pushed::Queued(None) | Pushed::Closing => {}
@@ -756,6 +815,9 @@ impl Node {
         add(&self.stats.deliveries, members.len() as u64);
         if !slow.is_empty() {
             self.drop_slow(&slow);
+        }
+        for peer in lost {
+            self.insufficient_state(&peer, publication.room);
         }
     }
 
@@ -832,20 +894,35 @@ impl Node {
             room,
             message,
             info,
+            position,
         } = env;
-        let members = self.inspect(|h| h.members(&room));
-        match members {
-            Some(members) => {
-                let publication = Publication {
-                    room: &room,
-                    message,
-                    info: info.as_deref(),
-                };
-                self.deliver(&publication, &members, wakes);
-                Taken::Delivered(members.len())
+        let (members, now, released) = match &position {
+            None => (self.inspect(|h| h.members(&room)), true, Vec::new()),
+            Some((offset, epoch)) => {
+                let payload = Bytes::copy_from_slice(payload);
+                self.with(|s| {
+                    let (now, released) = self.observe(s, &room, *offset, epoch, &payload);
+                    (s.hub.members(&room), now, released)
+                })
             }
-            None => Taken::Delivered(0),
+        };
+        let Some(members) = members else {
+            return Taken::Delivered(0);
+        };
+        if !released.is_empty() {
+            self.release(&room, &members, released);
         }
+        if !now {
+            return Taken::Delivered(0);
+        }
+        let publication = Publication {
+            room: &room,
+            message,
+            info: info.as_deref(),
+            position: position.as_ref().map(|(o, e)| (*o, &**e)),
+        };
+        self.deliver(&publication, &members, wakes);
+        Taken::Delivered(members.len())
     }
 
     /// Broker messages too large to take (`--max-broker-payload-bytes`) so far.
@@ -866,7 +943,7 @@ impl Node {
         &self,
         session: Session,
         unknown: usize,
-        unsent: Vec<(String, Bytes)>,
+        unsent: Vec<Outbound>,
         now: Duration,
     ) {
         self.with(|s| {
@@ -887,7 +964,7 @@ impl Node {
 
     /// Publishes the runtime could not send: there was no link (it failed
     /// before their turn). They are held again, in order.
-    pub fn broker_unsent(&self, unsent: Vec<(String, Bytes)>) {
+    pub fn broker_unsent(&self, unsent: Vec<Outbound>) {
         self.with(|s| s.hub.broker_mut().unsent(unsent));
     }
 
@@ -1006,6 +1083,11 @@ impl Node {
             no_pong_closes: load(&self.stats.no_pong_closes),
             origin_refused: load(&self.stats.origin_refused),
             auth_refused: load(&self.stats.auth_refused),
+            recovered: load(&self.stats.recovered),
+            not_recovered: load(&self.stats.not_recovered),
+            insufficient_state: load(&self.stats.insufficient_state),
+            heals: load(&self.stats.heals),
+            history_gaps: load(&self.stats.history_gaps),
             bad_frames: FrameError::LABELS
                 .iter()
                 .zip(&self.stats.bad_frames)

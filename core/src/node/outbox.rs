@@ -8,6 +8,8 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
+use crate::hub::stream::Track;
+
 /// The most a connection's writer takes from its outbox at once (or one
 /// frame, if larger): while the socket is full, what the writer holds beyond
 /// the outbound limit stays this small.
@@ -69,7 +71,14 @@ pub struct Outbox {
     close_taken: bool,
     waker: Option<Waker>,
     abort_waker: Option<Waker>,
+    /// The connection's positions in the rooms with history it is in
+    /// (kept here, under the outbox's lock, because delivery decides on
+    /// them as it queues). Boxed: most connections have none.
+    tracks: Option<Box<Tracks>>,
 }
+
+/// A connection's positions, by room.
+type Tracks = Vec<(Box<str>, Track)>;
 
 impl Outbox {
     /// Offers a frame. It fits while the queue holds less than `max` bytes
@@ -123,6 +132,37 @@ impl Outbox {
 
     pub fn is_closing(&self) -> bool {
         self.close.is_some()
+    }
+
+    /// The connection's position in `room`, if it tracks one.
+    pub fn track_mut(&mut self, room: &str) -> Option<&mut Track> {
+        self.tracks
+            .as_mut()?
+            .iter_mut()
+            .find(|(r, _)| **r == *room)
+            .map(|(_, t)| t)
+    }
+
+    /// Sets (or replaces) the connection's position in `room`.
+    pub fn set_track(&mut self, room: &str, track: Track) {
+        if let Some(t) = self.track_mut(room) {
+            *t = track;
+            return;
+        }
+        self.tracks
+            .get_or_insert_with(Default::default)
+            .push((room.into(), track));
+    }
+
+    /// Forgets the connection's position in `room`, returning it.
+    pub fn remove_track(&mut self, room: &str) -> Option<Track> {
+        let tracks = self.tracks.as_mut()?;
+        let i = tracks.iter().position(|(r, _)| **r == *room)?;
+        let (_, t) = tracks.swap_remove(i);
+        if tracks.is_empty() {
+            self.tracks = None;
+        }
+        Some(t)
     }
 
     pub fn bytes(&self) -> usize {

@@ -147,11 +147,15 @@ impl SeedSession {
             ClientFrame::Unsubscribe { room } => {
                 node.leave(peer, &room);
             }
-            ClientFrame::SendMessage { room, message } => node.publish(&Publication {
-                room: &room,
-                message,
-                info: None,
-            }),
+            ClientFrame::SendMessage { room, message } => node.publish(
+                &Publication {
+                    room: &room,
+                    message,
+                    info: None,
+                    position: None,
+                },
+                now,
+            ),
         }
     }
 }

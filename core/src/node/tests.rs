@@ -36,6 +36,25 @@ fn local(hub: HubConfig) -> Node {
     )
 }
 
+/// Embedded broker, everything allowed, no history or presence: the
+/// protocol without open mode's extras.
+fn plain(hub: HubConfig) -> Node {
+    use crate::auth::{AuthSettings, NamespaceOptions};
+    let settings = AuthSettings {
+        default_namespace: Some(NamespaceOptions::allow_all()),
+        ..AuthSettings::default()
+    };
+    let auth = crate::auth::Auth::new(&settings, None).unwrap();
+    Node::with_auth(
+        NodeConfig {
+            hub,
+            ..NodeConfig::default()
+        },
+        Arc::new(auth),
+        T0,
+    )
+}
+
 fn remote() -> Node {
     Node::new(
         NodeConfig {
@@ -593,7 +612,7 @@ fn texts(n: &Node, c: &Conn) -> Vec<String> {
 
 #[test]
 fn centrifugo_connect_subscribe_publish_and_a_seed_member_in_the_same_room() {
-    let n = local(HubConfig::default());
+    let n = plain(HubConfig::default());
     let a = cf(&n);
     let s = open(&n);
     assert!(cf_send(
@@ -644,7 +663,7 @@ fn centrifugo_connect_subscribe_publish_and_a_seed_member_in_the_same_room() {
 fn centrifugo_errors_are_replies_and_breaches_are_closes() {
     let mut cfg = HubConfig::default();
     cfg.limits.max_rooms_per_conn = 1;
-    let n = local(cfg);
+    let n = plain(cfg);
     let a = cf(&n);
     cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
     let _ = texts(&n, &a);
@@ -820,4 +839,414 @@ fn a_centrifugo_ping_interval_of_zero_turns_pings_off() {
     assert_eq!(n.conn_deadline(&a), None);
     n.conn_timeout(&a, Duration::from_secs(100));
     assert!(texts(&n, &a).is_empty());
+}
+
+// ----- history and recovery -----
+
+/// The epoch in a subscribe reply.
+fn epoch_of(reply: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(reply).unwrap();
+    v["subscribe"]["epoch"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn open_mode_rooms_keep_history_and_a_resubscribe_recovers_what_it_missed() {
+    let n = local(HubConfig::default());
+    let a = cf(&n);
+    let b = cf(&n);
+    for c in [&a, &b] {
+        cf_send(&n, c, r#"{"id":1,"connect":{}}"#, T0);
+        let _ = texts(&n, c);
+    }
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let got = texts(&n, &a);
+    let epoch = epoch_of(&got[0]);
+    assert_eq!(
+        got[0],
+        format!(
+            r#"{{"id":2,"subscribe":{{"recoverable":true,"epoch":"{epoch}","positioned":true}}}}"#
+        )
+    );
+    for (id, m) in [(3, "one"), (4, "two"), (5, "three")] {
+        cf_send(
+            &n,
+            &a,
+            &format!(r#"{{"id":{id},"publish":{{"channel":"r","data":"{m}"}}}}"#),
+            T0,
+        );
+    }
+    let got = texts(&n, &a);
+    assert_eq!(
+        got[0],
+        r#"{"push":{"channel":"r","pub":{"data":"one","info":{"user":"","client":"node-1"},"offset":1}}}"#
+    );
+    assert!(got[4].contains(r#""offset":3"#), "{got:?}");
+    // b comes back from offset 1 of this epoch: 2 and 3 are recovered.
+    cf_send(
+        &n,
+        &b,
+        &format!(
+            r#"{{"id":2,"subscribe":{{"channel":"r","recover":true,"offset":1,"epoch":"{epoch}"}}}}"#
+        ),
+        T0,
+    );
+    let got = texts(&n, &b);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    let r = &v["subscribe"];
+    assert_eq!(r["recovered"], true, "{got:?}");
+    assert_eq!(r["was_recovering"], true);
+    assert_eq!(r["offset"], 3);
+    let pubs = r["publications"].as_array().unwrap();
+    let offsets: Vec<_> = pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [2, 3]);
+    assert_eq!(pubs[0]["data"], "two");
+    // Live from there: the next publication is 4.
+    cf_send(
+        &n,
+        &a,
+        r#"{"id":6,"publish":{"channel":"r","data":"four"}}"#,
+        T0,
+    );
+    let got = texts(&n, &b);
+    assert!(got[0].contains(r#""offset":4"#), "{got:?}");
+    assert_eq!(n.snapshot().recovered, 1);
+}
+
+#[test]
+fn a_recovery_that_cannot_be_certain_says_so_and_returns_nothing() {
+    let cfg = NodeConfig {
+        recovery_max_publications: 2,
+        ..NodeConfig::default()
+    };
+    let n = Node::new(cfg, T0);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let epoch = epoch_of(&texts(&n, &a)[1]);
+    for i in 0..5 {
+        cf_send(
+            &n,
+            &a,
+            &format!(
+                r#"{{"id":{},"publish":{{"channel":"r","data":{i}}}}}"#,
+                3 + i
+            ),
+            T0,
+        );
+    }
+    let _ = texts(&n, &a);
+    let cases = [
+        // Another epoch: the stream it knew is gone.
+        (format!(r#""offset":4,"epoch":"x{epoch}""#), false, 0),
+        // Beyond the stream's top.
+        (format!(r#""offset":9,"epoch":"{epoch}""#), false, 0),
+        // More missed than --recovery-max-publications.
+        (format!(r#""offset":1,"epoch":"{epoch}""#), false, 0),
+        // Exactly the limit is fine.
+        (format!(r#""offset":3,"epoch":"{epoch}""#), true, 2),
+        // Nothing missed.
+        (format!(r#""offset":5,"epoch":"{epoch}""#), true, 0),
+    ];
+    for (pos, recovered, n_pubs) in cases {
+        let b = cf(&n);
+        cf_send(&n, &b, r#"{"id":1,"connect":{}}"#, T0);
+        let _ = texts(&n, &b);
+        cf_send(
+            &n,
+            &b,
+            &format!(r#"{{"id":2,"subscribe":{{"channel":"r","recover":true,{pos}}}}}"#),
+            T0,
+        );
+        let got = texts(&n, &b);
+        let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        let r = &v["subscribe"];
+        assert_eq!(
+            r["recovered"].as_bool().unwrap_or(false),
+            recovered,
+            "{pos}: {got:?}"
+        );
+        let pubs = r["publications"].as_array().map_or(0, Vec::len);
+        assert_eq!(pubs, n_pubs, "{pos}: never a partial recovery: {got:?}");
+        // The reply always says where the stream is now.
+        assert_eq!(r["offset"], 5, "{pos}");
+        assert_eq!(r["epoch"], epoch.as_str(), "{pos}");
+    }
+    let m = n.snapshot();
+    assert_eq!((m.recovered, m.not_recovered), (2, 3));
+}
+
+#[test]
+fn the_history_command_reads_forward_backward_and_refuses_a_stale_epoch() {
+    let n = local(HubConfig::default());
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let epoch = epoch_of(&texts(&n, &a)[1]);
+    for i in 1..=4 {
+        cf_send(
+            &n,
+            &a,
+            &format!(
+                r#"{{"id":{},"publish":{{"channel":"r","data":{i}}}}}"#,
+                2 + i
+            ),
+            T0,
+        );
+    }
+    let _ = texts(&n, &a);
+    let data = |reply: &str| -> (Vec<u64>, u64) {
+        let v: serde_json::Value = serde_json::from_str(reply).unwrap();
+        let h = &v["history"];
+        let pubs = h["publications"].as_array().cloned().unwrap_or_default();
+        (
+            pubs.iter().map(|p| p["data"].as_u64().unwrap()).collect(),
+            h["offset"].as_u64().unwrap(),
+        )
+    };
+    let ask = |body: String| {
+        cf_send(
+            &n,
+            &a,
+            &format!(r#"{{"id":9,"history":{{"channel":"r"{body}}}}}"#),
+            T0,
+        );
+        texts(&n, &a).remove(0)
+    };
+    assert_eq!(data(&ask(r#","limit":2"#.into())), (vec![1, 2], 4));
+    assert_eq!(
+        data(&ask(format!(
+            r#","limit":-1,"since":{{"offset":2,"epoch":"{epoch}"}}"#
+        ))),
+        (vec![3, 4], 4)
+    );
+    assert_eq!(
+        data(&ask(r#","limit":2,"reverse":true"#.into())),
+        (vec![4, 3], 4)
+    );
+    // No limit: only the position.
+    assert_eq!(data(&ask(String::new())), (vec![], 4));
+    assert_eq!(
+        ask(r#","limit":2,"since":{"offset":2,"epoch":"stale"}"#.into()),
+        r#"{"id":9,"error":{"code":112,"message":"unrecoverable position"}}"#
+    );
+}
+
+fn ops(n: &Node) -> Vec<BrokerOp> {
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    match n.poll_broker(&mut cx) {
+        Poll::Ready(Some(ops)) => ops,
+        _ => Vec::new(),
+    }
+}
+
+/// The positioned payload the publish script would publish.
+fn positioned(room: &str, message: &str, offset: u64, epoch: &str) -> Bytes {
+    let p = Publication {
+        room,
+        message: crate::codec::seed::Message::Text(message.into()),
+        info: None,
+        position: None,
+    };
+    Bytes::from(envelope::encode_positioned(&p, offset, epoch))
+}
+
+/// The history script's reply.
+fn read_reply(top: u64, epoch: &str, entries: &[(u64, &Bytes)]) -> crate::codec::redis::Reply {
+    use crate::codec::redis::Reply as R;
+    R::Array(vec![
+        R::Int(top as i64),
+        R::Data(Bytes::copy_from_slice(epoch.as_bytes())),
+        R::Array(
+            entries
+                .iter()
+                .map(|(o, p)| {
+                    R::Array(vec![
+                        R::Data(Bytes::from(format!("{o}-0"))),
+                        R::Array(vec![
+                            R::Data(Bytes::from_static(b"d")),
+                            R::Data((*p).clone()),
+                        ]),
+                    ])
+                })
+                .collect(),
+        ),
+    ])
+}
+
+fn queries(ops: &[BrokerOp]) -> Vec<(crate::hub::Ticket, crate::codec::redis::Call)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            BrokerOp::Query(q) => Some(q.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_remote_recovery_merges_the_read_with_what_arrived_meanwhile_in_offset_order() {
+    let n = remote();
+    bring_up(&n);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &a);
+    cf_send(
+        &n,
+        &a,
+        r#"{"id":2,"subscribe":{"channel":"r","recover":true,"offset":1,"epoch":"E"}}"#,
+        T0,
+    );
+    assert!(texts(&n, &a).is_empty(), "no reply before the read");
+    // The room's subscription goes before the read, on the same batch.
+    let batch = ops(&n);
+    assert!(
+        matches!(&batch[0], BrokerOp::Subscribe(chs) if chs == &["r".to_string()]),
+        "{batch:?}"
+    );
+    let q = queries(&batch);
+    assert_eq!(q.len(), 1, "{batch:?}");
+    assert_eq!(q[0].1.name(), b"EVALSHA");
+    // Live publications 3 and 4 arrive before the read comes back.
+    let (p2, p3, p4) = (
+        positioned("r", "two", 2, "E"),
+        positioned("r", "three", 3, "E"),
+        positioned("r", "four", 4, "E"),
+    );
+    n.broker_message(b"r", &p3);
+    n.broker_message(b"r", &p4);
+    assert!(texts(&n, &a).is_empty(), "held until the reply");
+    // The read saw up to 3.
+    n.broker_replies(vec![(
+        q[0].0,
+        Ok(read_reply(3, "E", &[(2, &p2), (3, &p3)])),
+    )]);
+    let got = texts(&n, &a);
+    assert_eq!(
+        got.len(),
+        2,
+        "the reply, then 4 (3 was in the read): {got:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["subscribe"]["recovered"], true, "{got:?}");
+    let offsets: Vec<_> = v["subscribe"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [2, 3]);
+    assert!(
+        got[1].contains(r#""data":"four""#) && got[1].contains(r#""offset":4"#),
+        "{got:?}"
+    );
+    // A late duplicate is dropped; the next one goes through.
+    n.broker_message(b"r", &p4);
+    assert!(texts(&n, &a).is_empty());
+    n.broker_message(b"r", &positioned("r", "five", 5, "E"));
+    assert_eq!(texts(&n, &a).len(), 1);
+}
+
+#[test]
+fn a_failed_recovery_read_is_an_error_reply_and_no_subscription() {
+    let n = remote();
+    bring_up(&n);
+    let a = cf(&n);
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &a);
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let q = queries(&ops(&n));
+    n.broker_replies(vec![(q[0].0, Err("the Redis link failed".into()))]);
+    assert_eq!(
+        texts(&n, &a),
+        [r#"{"id":2,"error":{"code":100,"message":"internal server error","temporary":true}}"#]
+    );
+    assert!(!n.inspect(|h| h.is_member(a.id(), "r")));
+}
+
+#[test]
+fn the_node_heals_a_gap_for_every_member_including_seed_clients() {
+    let n = remote();
+    bring_up(&n);
+    let s = open(&n);
+    let a = cf(&n);
+    text(&n, &s, &sub("r"));
+    cf_send(&n, &a, r#"{"id":1,"connect":{}}"#, T0);
+    let _ = texts(&n, &a);
+    cf_send(&n, &a, r#"{"id":2,"subscribe":{"channel":"r"}}"#, T0);
+    let q = queries(&ops(&n));
+    n.broker_replies(vec![(q[0].0, Ok(read_reply(1, "E", &[])))]);
+    let _ = texts(&n, &a);
+    let p: Vec<Bytes> = (2..=5)
+        .map(|o| positioned("r", &format!("m{o}"), o, "E"))
+        .collect();
+    n.broker_message(b"r", &p[0]);
+    // 3 and 4 are lost between Redis and the node; 5 shows the gap.
+    n.broker_message(b"r", &p[3]);
+    let q = queries(&ops(&n));
+    assert_eq!(q.len(), 1, "one read for the gap");
+    n.broker_replies(vec![(
+        q[0].0,
+        Ok(read_reply(5, "E", &[(3, &p[1]), (4, &p[2]), (5, &p[3])])),
+    )]);
+    assert_eq!(
+        n.queued_frames(&s),
+        ["m2", "m3", "m4", "m5"].map(|m| Bytes::from(m.to_string()))
+    );
+    let got = texts(&n, &a);
+    let offsets: Vec<_> = got
+        .iter()
+        .map(|t| {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap();
+            v["push"]["pub"]["offset"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, [2, 3, 4, 5], "in order, no 2500: {got:?}");
+    assert_eq!(n.snapshot().heals, 1);
+}
+
+#[test]
+fn a_link_that_comes_back_heals_every_room_from_the_node_position() {
+    let n = remote();
+    bring_up(&n);
+    let s = open(&n);
+    text(&n, &s, &sub("r"));
+    let _ = ops(&n);
+    n.broker_message(b"r", &positioned("r", "m1", 1, "E"));
+    assert_eq!(n.queued_frames(&s), [Bytes::from_static(b"m1")]);
+    // The link drops and comes back.
+    n.broker_disconnected(Session(1), 0, Vec::new(), T0);
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut t = T0;
+    let session = loop {
+        t += Duration::from_millis(100);
+        n.timeout(t);
+        if let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx)
+            && let Some(BrokerOp::Connect(s)) =
+                ops.iter().find(|o| matches!(o, BrokerOp::Connect(_)))
+        {
+            break *s;
+        }
+        assert!(t < Duration::from_secs(60), "no reconnect");
+    };
+    n.broker_connected(session, t);
+    let batch = ops(&n);
+    let Some(BrokerOp::Probe { channel, payload }) = batch.last() else {
+        panic!("{batch:?}")
+    };
+    n.broker_message(channel.as_bytes(), payload);
+    let q = queries(&ops(&n));
+    assert_eq!(q.len(), 1, "the room heals from offset 1");
+    let (p2, p3) = (positioned("r", "m2", 2, "E"), positioned("r", "m3", 3, "E"));
+    n.broker_replies(vec![(
+        q[0].0,
+        Ok(read_reply(3, "E", &[(2, &p2), (3, &p3)])),
+    )]);
+    assert_eq!(
+        n.queued_frames(&s),
+        ["m1", "m2", "m3"].map(|m| Bytes::from(m.to_string())),
+        "then what was published during the outage"
+    );
 }
