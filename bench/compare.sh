@@ -17,7 +17,10 @@
 # Systems: seed, tokio, smol, floor, and tokio-cf / smol-cf: the same two
 # roomcast nodes driven with roomcast-load --protocol centrifugo (Centrifugo's
 # client protocol at /connection/websocket), in cases A and A-small only; the
-# table compares them with tokio / smol of the same run.
+# table compares them with tokio / smol of the same run. tokio-plain /
+# smol-plain: the same nodes with rooms that keep no history (a config file
+# with open mode's permissions only), to measure what history costs: the
+# defaults (open mode) keep history in every room.
 #
 # Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio tokio-cf smol smol-cf floor",
 # IDLE_MAX=0|1, KEEP=1 (keep the temporary directory with the node logs).
@@ -99,7 +102,7 @@ LOAD="$BIN/roomcast-load"
 
 HAVE_SMOL=0
 case " $SYSTEMS " in
-  *" smol "*|*" smol-cf "*)
+  *" smol "*|*" smol-cf "*|*" smol-plain "*)
     if cargo build --release -q -p roomcast-smol 2>"$WORK/smol-build.log" && [ -x "$BIN/roomcast-smol" ]; then
       HAVE_SMOL=1
     else
@@ -110,8 +113,8 @@ esac
 RUN_SYSTEMS=()
 for s in $SYSTEMS; do
   case $s in
-    smol|smol-cf) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=("$s") ;;
-    seed|tokio|tokio-cf|floor) RUN_SYSTEMS+=("$s") ;;
+    smol|smol-cf|smol-plain) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=("$s") ;;
+    seed|tokio|tokio-cf|tokio-plain|floor) RUN_SYSTEMS+=("$s") ;;
     *) log "unknown system $s"; exit 2 ;;
   esac
 done
@@ -159,6 +162,10 @@ start_nodes() {
       tokio|smol|tokio-cf|smol-cf)
         RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-${sys%-cf}" --listen "127.0.0.1:$port" \
           --redis "$REDIS_URL" --no-chat-page >"$logf" 2>&1 &
+        ;;
+      tokio-plain|smol-plain)
+        RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-${sys%-plain}" --listen "127.0.0.1:$port" \
+          --redis "$REDIS_URL" --no-chat-page --config "$WORK/plain.toml" >"$logf" 2>&1 &
         ;;
       floor)
         "${wrap[@]}" "$BIN/roomcast-floor" --listen "127.0.0.1:$port" >"$logf" 2>&1 &
@@ -211,7 +218,17 @@ else
 fi
 CASE_AS="$CASE_A $SMALL"
 CASE_BS="$CASE_B $SMALL"
-CASES="A A-small B B-small C D"
+CASES=${CASES:-"A A-small B B-small C D"}
+# Rooms without history, everything allowed (the -plain systems).
+cat >"$WORK/plain.toml" <<'TOML'
+allow_anonymous_connect_without_token = true
+[default_namespace]
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_client = true
+allow_publish_for_subscriber = true
+allow_publish_for_anonymous = true
+TOML
 # The cases the Centrifugo-protocol variants (SYSTEM-cf) run.
 CF_CASES="A A-small"
 RESULTS="$WORK/results.jsonl"

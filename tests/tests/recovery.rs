@@ -301,6 +301,18 @@ fn redis_restarted_with_appendfsync_always_recovers(rt: Runtime) {
     a.ok(json!({"cmd": "dropTransport"}));
     a.wait_event(is("connecting"), TIMEOUT);
     p.publish(&room, json!("one"));
+    // What Redis acknowledged survives: wait until it has it (the publish
+    // reply goes before Redis answers).
+    let meta = format!("__roomcast.meta.{{{room}}}");
+    roomcast_tests::wait_until("the publish in Redis", TIMEOUT, || {
+        redis::cmd("HGET")
+            .arg(&meta)
+            .arg("s")
+            .query::<Option<u64>>(&mut redis.conn())
+            .ok()
+            .flatten()
+            == Some(2)
+    });
     redis.restart();
     node.wait_health(200);
     p.publish(&room, json!("two"));

@@ -85,6 +85,9 @@ pub struct Healed {
     /// Offsets that could not be had (trimmed from history, or the read
     /// failed): subscribers that need them are told.
     pub missing: u64,
+    /// What arrived shows another gap, after what the read covered: read
+    /// again after this offset (the rest is still held).
+    pub again: Option<u64>,
 }
 
 impl RoomStream {
@@ -128,9 +131,11 @@ impl RoomStream {
         }
         let since = self.pos.offset;
         self.healing = Some(vec![(offset, epoch.into(), payload.clone())]);
+        // Read as much as a heal may: what is lost after this one shows in
+        // the same read.
         Verdict::Heal {
             since,
-            limit: (offset - since - 1).min(max_read.max(1)),
+            limit: max_read.max(1),
         }
     }
 
@@ -165,25 +170,41 @@ impl RoomStream {
     /// delivered, call [`RoomStream::drained`] until it returns nothing,
     /// so nothing newer overtakes what the heal delivers.
     pub fn healed(&mut self, read: Option<(&str, Vec<(u64, Bytes)>)>) -> Healed {
-        let h = self.merge(read);
-        self.healing = (!h.deliver.is_empty()).then(Vec::new);
+        // Another gap past the read is read again only if this read was of
+        // our stream and found something: a read of another epoch, or one
+        // that found nothing, would find the same again.
+        let rereads = read
+            .as_ref()
+            .is_some_and(|(epoch, entries)| **epoch == *self.pos.epoch && !entries.is_empty());
+        self.settle(read, rereads)
+    }
+
+    fn settle(&mut self, read: Option<(&str, Vec<(u64, Bytes)>)>, rereads: bool) -> Healed {
+        let h = self.merge(read, rereads);
+        if h.again.is_none() {
+            self.healing = (!h.deliver.is_empty()).then(Vec::new);
+        }
         h
     }
 
     /// What arrived while the last batch was delivered; when nothing did,
-    /// the room is live again.
+    /// the room is live again. A gap in it is healed again (`again`).
     pub fn drained(&mut self) -> Healed {
         if self.healing.as_ref().is_none_or(Vec::is_empty) {
             self.healing = None;
             return Healed {
                 deliver: Vec::new(),
                 missing: 0,
+                again: None,
             };
         }
-        self.healed(None)
+        self.settle(None, true)
     }
 
-    fn merge(&mut self, read: Option<(&str, Vec<(u64, Bytes)>)>) -> Healed {
+    /// Merges a read (if any) with what is held. With `rereads`, a gap in
+    /// what is held past the read stops the merge there: the rest stays
+    /// held and `again` says where to read from.
+    fn merge(&mut self, read: Option<(&str, Vec<(u64, Bytes)>)>, rereads: bool) -> Healed {
         self.waiting = false;
         let held = self.healing.take().unwrap_or_default();
         let mut deliver = Vec::new();
@@ -201,13 +222,22 @@ impl RoomStream {
                 next = offset + 1;
             }
         }
+        let mut rest = Vec::new();
         for (offset, epoch, payload) in held {
+            if !rest.is_empty() {
+                rest.push((offset, epoch, payload));
+                continue;
+            }
             if *epoch != *self.pos.epoch {
                 // The stream was made anew meanwhile: start from there.
-                self.pos.epoch = epoch;
+                self.pos.epoch = epoch.clone();
                 next = offset;
             }
             if offset < next {
+                continue;
+            }
+            if offset > next && rereads {
+                rest.push((offset, epoch, payload));
                 continue;
             }
             missing += offset - next;
@@ -215,23 +245,33 @@ impl RoomStream {
             next = offset + 1;
         }
         self.pos.offset = next - 1;
-        Healed { deliver, missing }
+        let again = (!rest.is_empty()).then_some(self.pos.offset);
+        if again.is_some() {
+            self.healing = Some(rest);
+        }
+        Healed {
+            deliver,
+            missing,
+            again,
+        }
     }
 
     /// Gives up a heal (it holds too much, or cannot read): what is held
     /// is delivered as it is (then [`RoomStream::drained`]), and the
     /// position moves past it.
     pub fn abandon(&mut self) -> Healed {
-        self.healed(None)
+        self.settle(None, false)
     }
 }
 
 /// A subscriber's position in a room with history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Track {
-    /// Subscribing: its history is being read; live publications wait
-    /// here (offset, epoch, encoded frame).
-    Buffering(Vec<(u64, Box<str>, Bytes)>),
+    /// Subscribing: its history is being read (by the read numbered
+    /// first: a read of an earlier subscribe of the same room answers
+    /// nothing); live publications wait here (offset, epoch, encoded
+    /// frame).
+    Buffering(u64, Vec<(u64, Box<str>, Bytes)>),
     /// Live: the next offset it must receive, in `epoch`.
     Live { epoch: Box<str>, next: u64 },
 }
@@ -257,7 +297,7 @@ impl Track {
     /// subscriber.
     pub fn step(&mut self, offset: u64, epoch: &str, frame: &Bytes) -> Step {
         match self {
-            Track::Buffering(held) => {
+            Track::Buffering(_, held) => {
                 if held.len() >= SUBSCRIBE_BUFFER {
                     return Step::Lost;
                 }
@@ -494,7 +534,10 @@ mod tests {
         assert_eq!(r.observe(4, "e", &b("4"), 300), Verdict::Duplicate);
         assert_eq!(
             r.observe(7, "e", &b("7"), 300),
-            Verdict::Heal { since: 4, limit: 2 }
+            Verdict::Heal {
+                since: 4,
+                limit: 300
+            }
         );
         assert_eq!(r.observe(8, "e", &b("8"), 300), Verdict::Buffered);
         let h = r.healed(Some(("e", vec![(5, b("5")), (6, b("6")), (7, b("7"))])));

@@ -304,7 +304,7 @@ impl Node {
                     Ok(_) => {
                         // Buffer live publications from now on: the read
                         // below goes after the room's subscription.
-                        lock(&peer.outbox).set_track(&room, Track::Buffering(Vec::new()));
+                        lock(&peer.outbox).set_track(&room, Track::Buffering(ticket.0, Vec::new()));
                         if s.hub.broker_mut().query(ticket, call) {
                             lock(&self.waiters).insert(ticket, Waiter::Subscribe(Box::new(wait)));
                             Ok(())
@@ -340,8 +340,17 @@ impl Node {
     }
 
     /// The history read of a subscribe came back (`None`: it failed).
-    fn subscribe_read(&self, wait: SubscribeWait, read: Option<Read<Bytes>>) {
+    fn subscribe_read(&self, ticket: Ticket, wait: SubscribeWait, read: Option<Read<Bytes>>) {
         let peer = wait.peer.clone();
+        let current = matches!(
+            lock(&peer.outbox).track_mut(&wait.room),
+            Some(Track::Buffering(t, _)) if *t == ticket.0
+        );
+        if !current {
+            // Unsubscribed (or closed, or subscribed again) meanwhile: its
+            // reply is moot.
+            return;
+        }
         let Some(read) = read else {
             self.leave(&peer, &wait.room);
             self.send(
@@ -368,7 +377,7 @@ impl Node {
         let max_out = self.cfg.hub.limits.max_outbound_bytes;
         let mut ob = lock(&peer.outbox);
         let held = match ob.track_mut(&wait.room) {
-            Some(Track::Buffering(held)) if member => std::mem::take(held),
+            Some(Track::Buffering(t, held)) if member && *t == ticket.0 => std::mem::take(held),
             // Unsubscribed (or closed) meanwhile: its reply is moot.
             _ => return,
         };
@@ -477,7 +486,7 @@ impl Node {
         for (ticket, reply) in replies {
             let waiter = lock(&self.waiters).remove(&ticket);
             if let Some(w) = waiter {
-                self.answer_waiter(w, reply.ok());
+                self.answer_waiter(ticket, w, reply.ok());
             }
         }
     }
@@ -487,18 +496,18 @@ impl Node {
         for t in tickets {
             let waiter = lock(&self.waiters).remove(&t);
             if let Some(w) = waiter {
-                self.answer_waiter(w, None);
+                self.answer_waiter(t, w, None);
             }
         }
     }
 
-    fn answer_waiter(&self, w: Waiter, reply: Option<Reply>) {
+    fn answer_waiter(&self, ticket: Ticket, w: Waiter, reply: Option<Reply>) {
         let read = reply
             .as_ref()
             .filter(|r| !matches!(r, Reply::Error(_)))
             .and_then(parse_read);
         match w {
-            Waiter::Subscribe(wait) => self.subscribe_read(*wait, read),
+            Waiter::Subscribe(wait) => self.subscribe_read(ticket, *wait, read),
             Waiter::History { peer, id, since } => {
                 let frame = match read {
                     Some(read) => history_reply(id, since.as_ref(), read),
@@ -570,12 +579,13 @@ impl Node {
                 st.wait_for_link();
                 return None;
             }
-            let healed = st.healed(read.as_ref().map(|r| {
+            let mut healed = st.healed(read.as_ref().map(|r| {
                 (
                     r.epoch.as_str(),
                     r.entries.iter().map(|(o, p)| (*o, p.clone())).collect(),
                 )
             }));
+            self.heal_again(s, room, &mut healed);
             Some((members, healed))
         }) {
             Some(x) => x,
@@ -598,13 +608,34 @@ impl Node {
             self.deliver_payloads(room, &members, payloads);
             let next = self.with(|s| {
                 let (m, stream) = s.hub.members_and_stream(room)?;
-                let h = stream.as_mut()?.drained();
+                let mut h = stream.as_mut()?.drained();
+                self.heal_again(s, room, &mut h);
                 Some((m, h))
             });
             let Some((m, h)) = next else { return };
             add(&self.stats.history_gaps, h.missing);
             members = m;
             payloads = h.deliver;
+        }
+    }
+
+    /// What a heal delivered showed another gap past its read: read again
+    /// (or, if the read cannot go out, wait for the link, or give up and
+    /// deliver what is held). Called under the hub's lock.
+    fn heal_again(&self, s: &mut super::Shared, room: &str, h: &mut stream::Healed) {
+        let Some(since) = h.again.take() else { return };
+        if self.queue_heal(s, room, since, HEAL_READ) {
+            return;
+        }
+        let up = s.hub.broker().is_up();
+        if let Some((_, Some(st))) = s.hub.members_and_stream(room) {
+            if up {
+                let rest = st.abandon();
+                h.deliver.extend(rest.deliver);
+                h.missing += rest.missing;
+            } else {
+                st.wait_for_link();
+            }
         }
     }
 
