@@ -99,6 +99,18 @@ pub struct Cli {
     #[arg(long, env = "ROOMCAST_HISTORY_MAX_PUBLICATIONS", default_value_t = 300)]
     pub history_max_publications: usize,
 
+    /// Presence: how often a node re-adds its own clients to each room's presence in Redis.
+    #[arg(long, env = "ROOMCAST_PRESENCE_REFRESH", default_value = "25s", value_parser = parse_duration)]
+    pub presence_refresh: Duration,
+
+    /// Presence: an entry not refreshed this long is gone (a crashed node's clients).
+    #[arg(long, env = "ROOMCAST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
+    /// Presence rooms with more clients stop join/leave pushes (a namespace's presence_max_members wins; 0: no cap).
+    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
+    pub presence_max_members: usize,
+
     /// Serve the seed (tutorial) protocol on every path but /connection/websocket.
     #[arg(long, env = "ROOMCAST_SEED_PROTOCOL", default_value = "on", value_parser = ["on", "off"])]
     pub seed_protocol: String,
@@ -251,6 +263,9 @@ impl Cli {
             wall_origin: 0,
             recovery_max_publications: self.recovery_max_publications,
             history_max_publications: self.history_max_publications,
+            presence_refresh: self.presence_refresh,
+            presence_ttl: self.presence_ttl,
+            presence_max_members: self.presence_max_members,
         }
     }
 

@@ -154,6 +154,14 @@ pub struct NodeConfig {
     pub recovery_max_publications: u64,
     /// The most publications one history request returns (default 300).
     pub history_max_publications: usize,
+    /// Presence: how often a node re-adds its own clients (default 25 s).
+    pub presence_refresh: Duration,
+    /// Presence: how long an entry lives unless refreshed (default 60 s):
+    /// how long a crashed node's clients stay listed.
+    pub presence_ttl: Duration,
+    /// Presence rooms larger than this stop join/leave pushes (default
+    /// 1000; a namespace's `presence_max_members` wins; 0: no cap).
+    pub presence_max_members: usize,
 }
 
 /// How long a room's stream metadata (epoch, top offset) is kept when its
@@ -174,6 +182,9 @@ impl Default for NodeConfig {
             wall_origin: 0,
             recovery_max_publications: 300,
             history_max_publications: 300,
+            presence_refresh: Duration::from_secs(25),
+            presence_ttl: Duration::from_secs(60),
+            presence_max_members: 1000,
         }
     }
 }

@@ -41,6 +41,14 @@ pub struct Snapshot {
     /// publications that were gone from it by then.
     pub heals: u64,
     pub history_gaps: u64,
+    /// Presence rooms this node has clients in, and those over their cap
+    /// (join/leave off).
+    pub presence_rooms: usize,
+    pub presence_capped_rooms: usize,
+    /// Rooms that went over their presence cap, and refreshes of this
+    /// node's presence entries.
+    pub presence_capped: u64,
+    pub presence_refreshes: u64,
     pub handshake_failures: u64,
     pub rejected_connections: u64,
     pub http_requests: u64,
@@ -57,7 +65,31 @@ pub fn render(s: &Snapshot) -> String {
         );
     };
     let b = &s.broker;
-    let rows: [(&str, &str, &str, u64); 34] = [
+    let rows: [(&str, &str, &str, u64); 38] = [
+        (
+            "roomcast_presence_rooms",
+            "gauge",
+            "Presence rooms this node has clients in.",
+            s.presence_rooms as u64,
+        ),
+        (
+            "roomcast_presence_capped_rooms",
+            "gauge",
+            "Presence rooms over their member cap (--presence-max-members): no join/leave pushes.",
+            s.presence_capped_rooms as u64,
+        ),
+        (
+            "roomcast_presence_capped_total",
+            "counter",
+            "Times a presence room went over its member cap and stopped join/leave pushes.",
+            s.presence_capped,
+        ),
+        (
+            "roomcast_presence_refreshes_total",
+            "counter",
+            "Refreshes of this node's presence entries in Redis.",
+            s.presence_refreshes,
+        ),
         (
             "roomcast_recovered_total",
             "counter",

@@ -733,6 +733,9 @@ impl Setup {
         NodeConfig {
             recovery_max_publications: 300,
             history_max_publications: 300,
+            presence_refresh: Duration::from_secs(25),
+            presence_ttl: Duration::from_secs(60),
+            presence_max_members: 1000,
             hub: HubConfig {
                 limits: Limits {
                     max_frame_bytes: MAX_FRAME,
@@ -2025,6 +2028,10 @@ impl Model {
             insufficient_state: 0,
             heals: 0,
             history_gaps: 0,
+            presence_rooms: 0,
+            presence_capped_rooms: 0,
+            presence_capped: 0,
+            presence_refreshes: 0,
             handshake_failures: self.handshake_failures,
             rejected_connections: self.rejected,
             http_requests: self.http_requests,

@@ -606,6 +606,9 @@ client_pong_timeout = "4s"
 client_connect_timeout = "5s"
 recovery_max_publications = 13
 history_max_publications = 14
+presence_refresh = "15s"
+presence_ttl = "16s"
+presence_max_members = 17
 seed_protocol = "off"
 threads = 3
 handshake_timeout = "6s"
@@ -641,6 +644,9 @@ no_chat_page = true
     assert_eq!(cli.client_connect_timeout, Duration::from_secs(5));
     assert_eq!(cli.recovery_max_publications, 13);
     assert_eq!(cli.history_max_publications, 14);
+    assert_eq!(cli.presence_refresh, Duration::from_secs(15));
+    assert_eq!(cli.presence_ttl, Duration::from_secs(16));
+    assert_eq!(cli.presence_max_members, 17);
     assert_eq!(cli.seed_protocol, "off");
     assert_eq!(cli.threads, Some(3));
     assert_eq!(cli.handshake_timeout, Duration::from_secs(6));

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::{HttpResponse, Metrics, Runtime, TIMEOUT, http_get, spawn_child};
 
+/// Time this process spent building binaries, in milliseconds.
+pub static BUILD_MILLIS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Builds `roomcast-<runtime>` once per test process and returns its path.
 pub fn binary(rt: Runtime) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
@@ -32,6 +35,7 @@ pub fn binary(rt: Runtime) -> PathBuf {
         return p.clone();
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let building = Instant::now();
     let out = Command::new(cargo)
         .args(["build", "--message-format=json", "-p", name, "--bin", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +43,11 @@ pub fn binary(rt: Runtime) -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
+    // Scenarios are not charged for the build (see crate::run_scenario).
+    BUILD_MILLIS.fetch_add(
+        building.elapsed().as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     assert!(out.status.success(), "cargo build -p {name} failed");
     let path = String::from_utf8_lossy(&out.stdout)
         .lines()

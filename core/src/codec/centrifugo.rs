@@ -1720,6 +1720,34 @@ pub fn encode_presence_reply<'r, 'c: 'r>(
     })
 }
 
+/// [`encode_presence_reply`] from client infos already encoded as JSON
+/// objects (as presence stores them), each keyed by its client id.
+pub fn encode_presence_reply_raw<'a>(
+    id: u32,
+    clients: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    reply(id, "presence", 64, |out| {
+        let mut o = Obj::open(out);
+        let mut map = Obj::open(o.key("presence"));
+        for (client, info) in clients {
+            map.string_key(client).push_str(info);
+        }
+        map.close();
+        o.close();
+    })
+}
+
+/// A join (`join: true`) or leave push from a client info already encoded
+/// as a JSON object.
+pub fn encode_join_leave_push_raw(channel: &str, join: bool, info: &str) -> String {
+    let field = if join { "join" } else { "leave" };
+    push(channel, field, info.len() + 10, |out| {
+        let mut o = Obj::open(out);
+        o.key("info").push_str(info);
+        o.close();
+    })
+}
+
 /// The presence stats reply: `{"id":N,"presence_stats":{"num_clients":C,
 /// "num_users":U}}` (both always written).
 pub fn encode_presence_stats_reply(id: u32, num_clients: u32, num_users: u32) -> String {

@@ -212,8 +212,87 @@ pub fn history_remove(keys: &HistoryKeys) -> Call {
     Call::cmd(&[b"DEL", keys.stream.as_bytes()])
 }
 
+/// Adds (or refreshes) clients in a room's presence, in one step: each
+/// client's info in the hash and its expiry (the server's clock plus the
+/// ttl) in the sorted set; entries already expired are pruned, and both
+/// keys live as long as the ttl.
+///
+/// KEYS: hash, sorted set. ARGV: ttl (s), then client, info pairs.
+/// Returns the number of clients present (fleet-wide, after pruning).
+pub const PRESENCE_ADD_SCRIPT: Script = Script {
+    name: "presence_add",
+    source: r#"
+local data, exp = KEYS[1], KEYS[2]
+local now = tonumber(redis.call('time')[1])
+local ttl = tonumber(ARGV[1])
+local gone = redis.call('zrangebyscore', exp, '-inf', now)
+if #gone > 0 then
+  redis.call('hdel', data, unpack(gone))
+  redis.call('zremrangebyscore', exp, '-inf', now)
+end
+for i = 2, #ARGV, 2 do
+  redis.call('hset', data, ARGV[i], ARGV[i + 1])
+  redis.call('zadd', exp, now + ttl, ARGV[i])
+end
+redis.call('expire', data, ttl)
+redis.call('expire', exp, ttl)
+return redis.call('hlen', data)
+"#,
+};
+
+/// Removes clients from a room's presence. KEYS: hash, sorted set. ARGV:
+/// the clients. Returns the number left.
+pub const PRESENCE_REMOVE_SCRIPT: Script = Script {
+    name: "presence_remove",
+    source: r#"
+local data, exp = KEYS[1], KEYS[2]
+redis.call('hdel', data, unpack(ARGV))
+redis.call('zrem', exp, unpack(ARGV))
+return redis.call('hlen', data)
+"#,
+};
+
+/// A room's presence: expired entries (a crashed node's clients) pruned,
+/// then every client's info. KEYS: hash, sorted set. Returns `HGETALL`'s
+/// flat client, info list.
+pub const PRESENCE_GET_SCRIPT: Script = Script {
+    name: "presence_get",
+    source: r#"
+local data, exp = KEYS[1], KEYS[2]
+local now = tonumber(redis.call('time')[1])
+local gone = redis.call('zrangebyscore', exp, '-inf', now)
+if #gone > 0 then
+  redis.call('hdel', data, unpack(gone))
+  redis.call('zremrangebyscore', exp, '-inf', now)
+end
+return redis.call('hgetall', data)
+"#,
+};
+
 /// Every script a link loads.
-pub const SCRIPTS: [&Script; 2] = [&PUBLISH_SCRIPT, &HISTORY_SCRIPT];
+pub const SCRIPTS: [&Script; 5] = [
+    &PUBLISH_SCRIPT,
+    &HISTORY_SCRIPT,
+    &PRESENCE_ADD_SCRIPT,
+    &PRESENCE_REMOVE_SCRIPT,
+    &PRESENCE_GET_SCRIPT,
+];
+
+/// The keys of a room's presence (the room's hash tag, like its history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceKeys {
+    pub data: String,
+    pub expiry: String,
+}
+
+impl PresenceKeys {
+    pub fn new(prefix: &str, room: &str) -> PresenceKeys {
+        PresenceKeys {
+            data: format!("{prefix}__roomcast.presence.{{{room}}}"),
+            expiry: format!("{prefix}__roomcast.presence_exp.{{{room}}}"),
+        }
+    }
+}
 
 /// The keys of a room's history.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -98,6 +98,9 @@ struct Room<M> {
     /// The node's position in the room's stream (rooms with history, once
     /// a positioned publication or a subscribe's read showed it).
     stream: Option<Box<stream::RoomStream>>,
+    /// Whether the node tracks who is in the room (presence): its members
+    /// leaving are reported ([`Hub::take_departures`]).
+    presence: bool,
 }
 
 #[derive(Debug)]
@@ -110,6 +113,8 @@ struct Conn<M> {
 /// The state machine. See the module docs.
 #[derive(Debug)]
 pub struct Hub<M> {
+    /// Members that left presence rooms, since the last take.
+    departures: Vec<(Box<str>, ConnId)>,
     cfg: HubConfig,
     next_conn: u64,
     conns: ConnMap<Conn<M>>,
@@ -129,6 +134,7 @@ impl<M: Clone> Hub<M> {
     /// operation is a connect).
     pub fn new(cfg: HubConfig, mode: BrokerMode, probe_channel: String, now: Duration) -> Hub<M> {
         Hub {
+            departures: Vec::new(),
             broker: Broker::new(&cfg, mode, probe_channel, now),
             cfg,
             next_conn: 1,
@@ -213,6 +219,20 @@ impl<M: Clone> Hub<M> {
         let &slot = self.room_index.get(room)?;
         let r = self.rooms[slot as usize].as_mut()?;
         Some((r.members.clone(), &mut r.stream))
+    }
+
+    /// Tracks who leaves `room` (a presence room): from now on each
+    /// member that leaves, by any path, is reported by
+    /// [`Hub::take_departures`]. No-op for a room without members.
+    pub fn mark_presence(&mut self, room: &str) {
+        if let Some(&slot) = self.room_index.get(room) {
+            self.room_mut(slot).presence = true;
+        }
+    }
+
+    /// The members that left presence rooms since the last call.
+    pub fn take_departures(&mut self) -> Vec<(Box<str>, ConnId)> {
+        std::mem::take(&mut self.departures)
     }
 
     /// Every room with members whose stream position the node knows.
@@ -374,6 +394,7 @@ impl<M: Clone> Hub<M> {
             name: name.into(),
             members: Arc::new(Vec::new()),
             stream: None,
+            presence: false,
         };
         let channel = self.channel(name);
         self.broker.room_added(&channel);
@@ -398,6 +419,11 @@ impl<M: Clone> Hub<M> {
     /// member moved into its place, and drops the room when it empties.
     fn remove_member(&mut self, slot: u32, idx: u32) {
         self.memberships -= 1;
+        let room = self.rooms[slot as usize].as_mut().expect("live slot");
+        if room.presence {
+            let conn = room.members[idx as usize].0;
+            self.departures.push((room.name.clone(), conn));
+        }
         let members = Arc::make_mut(&mut self.room_mut(slot).members);
         members.swap_remove(idx as usize);
         if let Some(&(moved, _)) = members.get(idx as usize)

@@ -238,6 +238,7 @@ impl CfSession {
                 return close(node, peer, Disconnect::BAD_REQUEST);
             }
         }
+        let stats = matches!(cmd.request, Request::PresenceStats { .. });
         match cmd.request {
             Request::Connect { token, .. } => {
                 if self.connected {
@@ -284,6 +285,9 @@ impl CfSession {
                             ))
                         })
                     });
+                    if node.is_member(peer, channel) {
+                        node.presence_join(peer, channel, &self.info, false);
+                    }
                 }
             }
             Request::Subscribe {
@@ -292,6 +296,7 @@ impl CfSession {
                 recover,
                 epoch,
                 offset,
+                join_leave,
                 ..
             } => {
                 let grant =
@@ -341,10 +346,23 @@ impl CfSession {
                         })
                     });
                 }
+                let member = node.is_member(peer, &channel);
                 if let Some(exp) = grant.expires_at
-                    && node.is_member(peer, &channel)
+                    && member
                 {
                     self.sub_expiries.insert(channel.as_ref().into(), exp);
+                }
+                if grant.options.presence && member {
+                    // Join/leave pushes for those who ask and may see
+                    // presence.
+                    let listens = join_leave
+                        && node
+                            .auth
+                            .policy()
+                            .decide_presence(&self.user, &channel, true)
+                            .is_ok();
+                    let info = self.presence_info(grant.chan_info.as_ref());
+                    node.presence_join(peer, &channel, &info, listens);
                 }
             }
             Request::Unsubscribe { channel } => {
@@ -446,9 +464,23 @@ impl CfSession {
                 };
                 node.history_command(peer, id, &channel, ask, &o, now);
             }
-            // Presence comes with the issue that adds it.
-            Request::Presence { .. } | Request::PresenceStats { .. } => {
-                reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE)
+            Request::Presence { channel } | Request::PresenceStats { channel } => {
+                let on = match node.auth.policy().resolve(&channel) {
+                    Ok((_, options)) => options.presence,
+                    Err(denial) => return answer(node, peer, id, denial.centrifugo()),
+                };
+                if !on {
+                    return reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE);
+                }
+                let member = node.is_member(peer, &channel);
+                if let Err(denial) = node
+                    .auth
+                    .policy()
+                    .decide_presence(&self.user, &channel, member)
+                {
+                    return answer(node, peer, id, denial.centrifugo());
+                }
+                node.presence_command(peer, id, &channel, stats);
             }
             Request::Ping => reply_error(node, peer, id, ErrorCode::NOT_AVAILABLE),
             // roomcast has no RPC handlers.
@@ -476,6 +508,22 @@ fn message_of(data: &str) -> Message<'_> {
 
 impl CfSession {
     /// Takes the connection token's identity.
+    /// This client's presence info in a room: who it is, with the
+    /// subscription token's `info` as `chan_info`.
+    fn presence_info(&self, chan_info: Option<&serde_json::Value>) -> String {
+        match chan_info {
+            None => self.info.clone(),
+            Some(v) => {
+                let mut info = self.info.clone();
+                info.pop();
+                info.push_str(r#","chan_info":"#);
+                info.push_str(&v.to_string());
+                info.push('}');
+                info
+            }
+        }
+    }
+
     fn accept_claims(&mut self, node: &Node, claims: &ConnClaims) {
         self.user = claims.user();
         self.info = client_info(&self.user, &self.client, claims.info.as_ref());

@@ -77,6 +77,7 @@ pub(super) enum Waiter {
     Heal {
         room: Box<str>,
     },
+    Presence(super::presence::PresenceWait),
 }
 
 /// A subscribe waiting for its history read.
@@ -174,7 +175,7 @@ impl Node {
         format!("{:012x}", h >> 16)
     }
 
-    fn ticket(&self) -> Ticket {
+    pub(super) fn ticket(&self) -> Ticket {
         Ticket(self.tickets.fetch_add(1, Ordering::Relaxed))
     }
 
@@ -502,6 +503,13 @@ impl Node {
     }
 
     fn answer_waiter(&self, ticket: Ticket, w: Waiter, reply: Option<Reply>) {
+        let w = match w {
+            Waiter::Presence(p) => {
+                let reply = reply.filter(|r| !matches!(r, Reply::Error(_)));
+                return self.presence_answer(p, reply);
+            }
+            w => w,
+        };
         let read = reply
             .as_ref()
             .filter(|r| !matches!(r, Reply::Error(_)))
@@ -516,6 +524,7 @@ impl Node {
                 self.send(&peer, frame);
             }
             Waiter::Heal { room } => self.healed(&room, read),
+            Waiter::Presence(_) => unreachable!("answered above"),
         }
     }
 

@@ -39,6 +39,7 @@ mod centrifugo;
 pub mod history;
 pub mod limiter;
 pub mod outbox;
+pub mod presence;
 mod seed;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,6 +215,8 @@ struct Stats {
     insufficient_state: AtomicU64,
     heals: AtomicU64,
     history_gaps: AtomicU64,
+    presence_capped: AtomicU64,
+    presence_refreshes: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -228,9 +231,19 @@ struct Shared {
     timer_waker: Option<Waker>,
     timer_seen: Option<Duration>,
     now: Duration,
+    /// When this node next re-adds its presence entries (Redis).
+    presence_due: Option<Duration>,
 }
 
 impl Shared {
+    /// The node's next deadline: the broker's, or the presence refresh.
+    fn deadline(&self) -> Option<Duration> {
+        match (self.hub.broker().deadline(), self.presence_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The wakers to wake once the lock is released.
     fn wakes(&mut self) -> [Option<Waker>; 2] {
         let broker = if self.hub.broker().has_work() || self.hub.broker().is_stopped() {
@@ -238,7 +251,7 @@ impl Shared {
         } else {
             None
         };
-        let timer = if self.hub.broker().deadline() != self.timer_seen {
+        let timer = if self.deadline() != self.timer_seen {
             self.timer_waker.take()
         } else {
             None
@@ -272,6 +285,7 @@ pub struct Node {
     memory: history::Memory,
     /// Who waits for which broker reply.
     waiters: Mutex<std::collections::HashMap<Ticket, history::Waiter>>,
+    presence: Mutex<presence::Book>,
     tickets: AtomicU64,
     epochs: AtomicU64,
 }
@@ -297,12 +311,14 @@ impl Node {
                 broker_waker: None,
                 timer_waker: None,
                 timer_seen: None,
+                presence_due: None,
                 now,
             }),
             cfg,
             stats: Stats::default(),
             memory: history::Memory::default(),
             waiters: Mutex::new(std::collections::HashMap::new()),
+            presence: Mutex::new(presence::Book::default()),
             tickets: AtomicU64::new(1),
             epochs: AtomicU64::new(0),
         }
@@ -321,18 +337,25 @@ impl Node {
     /// Broker requests that will get no answer are failed afterwards, and
     /// when the broker session has just come up every room heals.
     fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
-        let (r, wakes, dropped, released) = {
+        let (r, wakes, dropped, released, departures) = {
             let mut s = lock(&self.shared);
             let r = f(&mut s);
             let released = if s.hub.broker_mut().take_came_up() {
+                // Back on Redis: this node's presence entries again, now.
+                let now = s.now;
+                self.presence_refresh(&mut s, now);
                 self.heal_all(&mut s)
             } else {
                 Vec::new()
             };
             let dropped = s.hub.broker_mut().take_dropped();
-            (r, s.wakes(), dropped, released)
+            let departures = s.hub.take_departures();
+            (r, s.wakes(), dropped, released, departures)
         };
         wake_all(wakes);
+        if !departures.is_empty() {
+            self.presence_departed(departures);
+        }
         if !dropped.is_empty() {
             self.fail_tickets(dropped);
         }
@@ -886,6 +909,13 @@ impl Node {
         {
             Ok(env) => env,
             Err(_) => {
+                // A join or leave of a presence room rides its channel.
+                if let Some((join, room, info)) = presence::parse_event(payload)
+                    && envelope::room_of_channel(&self.cfg.hub.channel_prefix, channel)
+                        == Some(room.as_bytes())
+                {
+                    return Taken::Delivered(self.presence_event(&room, join, &info));
+                }
                 add(&self.stats.broker_payloads_dropped, 1);
                 return Taken::Dropped;
             }
@@ -995,7 +1025,7 @@ impl Node {
 
     /// The node's next deadline (the broker session's).
     pub fn deadline(&self) -> Option<Duration> {
-        self.inspect(|h| h.broker().deadline())
+        lock(&self.shared).deadline()
     }
 
     /// Ready when the deadline differs from `seen`: the timer task sleeps
@@ -1007,7 +1037,7 @@ impl Node {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Duration>> {
         let mut s = lock(&self.shared);
-        let d = s.hub.broker().deadline();
+        let d = s.deadline();
         if d != seen {
             return Poll::Ready(d);
         }
@@ -1021,6 +1051,9 @@ impl Node {
         self.with(|s| {
             s.now = s.now.max(now);
             s.hub.broker_mut().timeout(now);
+            if s.presence_due.is_some_and(|d| d <= now) {
+                self.presence_refresh(s, now);
+            }
         });
     }
 
@@ -1062,6 +1095,10 @@ impl Node {
                 )
             });
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (presence_rooms, presence_capped_rooms) = {
+            let book = lock(&self.presence);
+            (book.rooms(), book.capped_rooms())
+        };
         let io = self.admission.stats();
         Snapshot {
             connections,
@@ -1088,6 +1125,10 @@ impl Node {
             insufficient_state: load(&self.stats.insufficient_state),
             heals: load(&self.stats.heals),
             history_gaps: load(&self.stats.history_gaps),
+            presence_rooms,
+            presence_capped_rooms,
+            presence_capped: load(&self.stats.presence_capped),
+            presence_refreshes: load(&self.stats.presence_refreshes),
             bad_frames: FrameError::LABELS
                 .iter()
                 .zip(&self.stats.bad_frames)

@@ -139,7 +139,12 @@ impl SeedSession {
         }
         match frame {
             ClientFrame::Subscribe { room } => match node.join(peer, &room) {
-                Ok(_) | Err(Refusal::AlreadyMember | Refusal::ShuttingDown) => {}
+                Ok(_) => {
+                    // Listed as an anonymous client; no join/leave frames.
+                    let client = super::presence::client_id(&node.cfg.node_id, peer.id);
+                    node.presence_join(peer, &room, &super::presence::seed_info(&client), false);
+                }
+                Err(Refusal::AlreadyMember | Refusal::ShuttingDown) => {}
                 Err(Refusal::TooManyRooms { max }) => {
                     refuse(node, peer, &FrameError::TooManyRooms { max })
                 }

@@ -225,10 +225,16 @@ fn remote_mode_comes_up_only_after_its_probe_and_wakes_the_broker_task() {
     assert!(n.poll_broker(&mut cx).is_pending());
     text(&n, &a, &sub("r"));
     assert_eq!(count.0.load(Ordering::SeqCst), before + 1);
-    assert_eq!(
-        n.poll_broker(&mut cx),
-        Poll::Ready(Some(vec![BrokerOp::Subscribe(vec!["r".into()])]))
-    );
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!("no work after the join")
+    };
+    assert_eq!(ops[0], BrokerOp::Subscribe(vec!["r".into()]));
+    // Open mode's rooms track presence: the join is written, and announced.
+    let BrokerOp::Publish(p) = &ops[1] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(p[0].call.name(), b"EVALSHA");
+    assert_eq!(p[1].call.name(), b"PUBLISH");
 }
 
 #[test]
