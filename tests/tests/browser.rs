@@ -205,6 +205,8 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     // A third page joins later, on node 2, and sees what was said.
     let c = open_browser(webdriver, chromium, &profiles.join("c")).await;
     bounded("open page C", c.goto(&format!("http://{}/", n2.addr()))).await;
+    // The size of a phone.
+    bounded("a phone-sized window", c.set_window_size(390, 760)).await;
     wait_page(&c, "page C is connected", |p| p.is_open()).await;
     fill(&c, "name", "carol").await;
     fill(&c, "room", ROOM).await;
@@ -219,6 +221,7 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         "page C"
     );
     screenshot(&c, &shots.join("page-c-history.png")).await;
+    assert_quiet_console(&c, "page C").await;
     bounded("end session C", c.close()).await;
 
     // Page A loses its socket; B talks meanwhile; A comes back and shows
@@ -253,6 +256,49 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         "page A's notes"
     );
     screenshot(&a, &shots.join("page-a-not-recovered.png")).await;
+
+    // The room's stream is lost in Redis and made anew by the next
+    // publication: its new epoch tells both nodes that their subscribers'
+    // positions cannot continue (unsubscribe push 2500). Both pages
+    // resubscribe, are told the old position cannot be recovered, and show
+    // the new stream's message from history.
+    let removed: i64 = redis::cmd("DEL")
+        .arg(format!("__roomcast.history.{{{ROOM}}}"))
+        .arg(format!("__roomcast.meta.{{{ROOM}}}"))
+        .query(&mut redis.conn())
+        .expect("DEL the room's stream");
+    assert_eq!(removed, 2, "the room's stream and its meta were there");
+    let anew = "after the stream was made anew";
+    fill(&b, "text", anew).await;
+    click(&b, "send").await;
+    let line = format!("[{ROOM}] bob: {anew}");
+    let missing =
+        format!("[{ROOM}] some messages may be missing: the server could not recover them");
+    for (page, what, own, notes) in [(&a, "page A", false, 3), (&b, "page B", true, 1)] {
+        let p = wait_page(page, &format!("{what} shows the new stream"), |p| {
+            p.subscribed && p.has(&line) && p.notes.len() >= notes
+        })
+        .await;
+        assert_eq!(p.notes.last(), Some(&missing), "{what}: {p:?}");
+        assert_eq!(p.messages.last(), Some(&(line.clone(), own)), "{what}");
+        assert_eq!(
+            p.messages.iter().filter(|(l, _)| *l == line).count(),
+            1,
+            "{what} shows it once"
+        );
+    }
+    said.push((line, false));
+    for (node, what) in [(&n1, "node 1"), (&n2, "node 2")] {
+        assert_eq!(
+            node.metric("roomcast_insufficient_state_total"),
+            1,
+            "{what} told its page 2500"
+        );
+    }
+
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        assert_quiet_console(page, what).await;
+    }
 
     // A close the browser starts is echoed before the TCP stream ends:
     // Chromium reports it clean, with its code, on both runtimes' nodes.
@@ -404,6 +450,7 @@ async fn token(webdriver: &str, chromium: &Path, profiles: &Path) {
     wait_page(&browser, "the page connects with #token=", |p| p.is_open()).await;
     let left = bounded("its address", browser.current_url()).await;
     assert_eq!(left.fragment(), None, "the token is dropped from {left}");
+    assert_quiet_console(&browser, "the token page").await;
     bounded("end the session", browser.close()).await;
 }
 
@@ -758,6 +805,39 @@ async fn click(browser: &Browser, id: &str) {
     bounded(id, button.click()).await;
 }
 
+/// chromedriver's `POST /session/{id}/se/log` for the `browser` log: the
+/// console messages (and the browser's own errors, such as a failed
+/// WebSocket or a missing resource) since the last time it was read.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or("")))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// Panics if the page logged a warning or an error to its console since the
+/// last look.
+async fn assert_quiet_console(browser: &Browser, what: &str) {
+    let log = bounded("read the console log", browser.issue_cmd(BrowserLog)).await;
+    let loud: Vec<&Value> = log
+        .as_array()
+        .unwrap_or_else(|| panic!("the console log: {log}"))
+        .iter()
+        .filter(|e| matches!(e["level"].as_str(), Some("SEVERE" | "WARNING")))
+        .collect();
+    assert!(loud.is_empty(), "{what}: the console says {loud:#?}");
+}
+
 async fn screenshot(browser: &Browser, path: &Path) {
     let png = bounded("screenshot", browser.screenshot()).await;
     std::fs::create_dir_all(path.parent().expect("a folder"))
@@ -812,6 +892,7 @@ async fn open_browser(webdriver: &str, chromium: &Path, profile: &Path) -> Brows
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert("goog:chromeOptions".into(), options);
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     bounded(
         "start a Chromium session",
         ClientBuilder::new(HttpConnector::new())
