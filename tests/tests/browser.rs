@@ -1,13 +1,23 @@
 //! The chat page (`GET /`) in a real browser: headless Chromium, driven over
-//! WebDriver (fantoccini → chromedriver), talks to two roomcast nodes that
-//! share one Redis: node 1 on tokio, node 2 on smol (on tokio too without
-//! the `smol` feature), so each runtime serves the page and a browser's
-//! WebSocket. Page A on node 1 and page B on node 2 join the same room
-//! and chat both ways; then node 1 shuts down gracefully and page A shows
-//! "closed (1001 going away)" and its reconnect countdown.
+//! WebDriver (fantoccini → chromedriver), talks Centrifugo's JSON protocol
+//! at `/connection/websocket` to two roomcast nodes that share one Redis:
+//! node 1 on tokio, node 2 on smol (on tokio too without the `smol`
+//! feature), so each runtime serves the page and a browser's WebSocket.
+//! Page A on node 1 and page B on node 2 join the same room and chat both
+//! ways; page C joins later and is shown the room's history; page A's
+//! socket is cut while B talks, and A comes back showing what it missed
+//! (recovered), then, away for longer than node 1 recovers, says that some
+//! messages may be missing and shows them from history; finally node 1
+//! shuts down gracefully and page A shows "closed (3001 shutdown)" and its
+//! reconnect countdown.
 //!
-//! Screenshots of both pages go to `target/browser/` (`page-a.png`,
-//! `page-b.png` after the chat, `page-a-closed.png` after the shutdown).
+//! Screenshots go to `target/browser/`: `page-a.png` and `page-b.png` after
+//! the chat, `page-c-history.png`, `page-a-recovered.png`,
+//! `page-a-not-recovered.png`, `page-a-closed.png` after the shutdown, and
+//! `page-token.png` (the token test).
+//!
+//! A second test runs the page against a node that wants a token: it says
+//! why it was refused, takes a token typed in or from `#token=`.
 //!
 //! A second test serves a page from another origin (a small HTTP server of
 //! its own on another port) and checks that its `new WebSocket(…)` to a node
@@ -40,7 +50,7 @@ use roomcast_tests::{
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The longest the whole test may take.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
+const TEST_LIMIT: Duration = Duration::from_secs(90);
 
 const ROOM: &str = "browser-room";
 const FROM_A: &str = "Hello from node 1 — grüß dich!";
@@ -49,6 +59,11 @@ const FROM_B: &str = "Hi! Node 2 here, got it.";
 #[test]
 fn chat_page_between_two_nodes_in_chromium() {
     in_chromium("browser", chat);
+}
+
+#[test]
+fn chat_page_asks_for_a_token() {
+    in_chromium("token", token);
 }
 
 #[test]
@@ -119,7 +134,14 @@ ws.onclose = (e) => done({ wasClean: e.wasClean, code: e.code });
 
 async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     let redis = RedisServer::start();
-    let n1 = Node::redis(Runtime::Tokio, &redis, &[]);
+    // Node 1 recovers at most RECOVERY_MAX missed publications, so that a
+    // longer absence is answered `recovered: false`.
+    let max = RECOVERY_MAX.to_string();
+    let n1 = Node::redis(
+        Runtime::Tokio,
+        &redis,
+        &["--recovery-max-publications", &max],
+    );
     let n2 = Node::redis(*Runtime::ALL.last().expect("a runtime"), &redis, &[]);
 
     let a = open_browser(webdriver, chromium, &profiles.join("a")).await;
@@ -136,10 +158,9 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         fill(page, "room", ROOM).await;
         click(page, "join").await;
     }
-    // The room shows up in each page's list of joined rooms at once; the
-    // subscriptions reach Redis a little later.
-    for (page, what) in [(&a, "page A lists the room"), (&b, "page B lists the room")] {
-        wait_page(page, what, |p| p.rooms == [ROOM]).await;
+    for (page, what) in [(&a, "page A is in the room"), (&b, "page B is in the room")] {
+        let p = wait_page(page, what, |p| p.rooms == [ROOM] && p.subscribed).await;
+        assert_eq!(p.current, ROOM, "the room joined last is the current one");
     }
     redis.wait_numsub(ROOM, 2);
 
@@ -149,11 +170,10 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     let line_a = format!("[{ROOM}] alice: {FROM_A}");
     wait_page(&b, "page B shows A's message", |p| p.has(&line_a)).await;
     // The input is cleared once the message is sent.
-    assert_eq!(page(&a).await.text, "");
+    wait_page(&a, "page A's input is cleared", |p| p.text.is_empty()).await;
 
-    // B → A.
-    fill(&b, "text", FROM_B).await;
-    click(&b, "send").await;
+    // B → A, sent with Enter.
+    fill(&b, "text", &format!("{FROM_B}\u{E007}")).await;
     let line_b = format!("[{ROOM}] bob: {FROM_B}");
     let shown_a = wait_page(&a, "page A shows B's reply", |p| p.messages.len() >= 2).await;
     let shown_b = wait_page(&b, "page B shows its own reply", |p| p.messages.len() >= 2).await;
@@ -165,13 +185,120 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     );
     assert_eq!(
         shown_b.messages,
-        [(line_a, false), (line_b, true)],
+        [(line_a.clone(), false), (line_b.clone(), true)],
         "page B"
     );
+    // The member list: presence, where the node answers it, or a quiet
+    // note where it does not (yet).
+    for (page, me) in [(&a, "alice (you)"), (&b, "bob (you)")] {
+        let p = wait_page(page, "the member list is settled", |p| {
+            p.members_note == "member list unavailable" || p.members.iter().any(|m| m == me)
+        })
+        .await;
+        assert_eq!(p.members_title, format!("Members of {ROOM}"));
+    }
 
     let shots = screenshot_dir();
     screenshot(&a, &shots.join("page-a.png")).await;
     screenshot(&b, &shots.join("page-b.png")).await;
+
+    // A third page joins later, on node 2, and sees what was said.
+    let c = open_browser(webdriver, chromium, &profiles.join("c")).await;
+    bounded("open page C", c.goto(&format!("http://{}/", n2.addr()))).await;
+    // The size of a phone.
+    bounded("a phone-sized window", c.set_window_size(390, 760)).await;
+    wait_page(&c, "page C is connected", |p| p.is_open()).await;
+    fill(&c, "name", "carol").await;
+    fill(&c, "room", ROOM).await;
+    click(&c, "join").await;
+    let shown_c = wait_page(&c, "page C shows the room's history", |p| {
+        p.subscribed && p.messages.len() >= 2
+    })
+    .await;
+    assert_eq!(
+        shown_c.messages,
+        [(line_a.clone(), false), (line_b.clone(), false)],
+        "page C"
+    );
+    screenshot(&c, &shots.join("page-c-history.png")).await;
+    assert_quiet_console(&c, "page C").await;
+    bounded("end session C", c.close()).await;
+
+    // Page A loses its socket; B talks meanwhile; A comes back and shows
+    // what it missed, recovered from the room's history.
+    let mut said = vec![(line_a, true), (line_b, false)];
+    let missed = absent(&a, &b, "missed while away", RECOVERY_MAX).await;
+    let recovered = format!("[{ROOM}] {RECOVERY_MAX} missed messages recovered");
+    let p = wait_page(&a, "page A shows what it missed", |p| {
+        p.is_open() && p.subscribed && p.messages.len() >= said.len() + missed.len()
+    })
+    .await;
+    said.extend(missed.iter().map(|l| (l.clone(), false)));
+    assert_eq!(p.messages, said, "page A after recovery");
+    assert_eq!(p.notes, std::slice::from_ref(&recovered), "page A's notes");
+    screenshot(&a, &shots.join("page-a-recovered.png")).await;
+
+    // Away longer than node 1 recovers: the page says some messages may be
+    // missing, and shows the room's last messages from history instead.
+    let missed = absent(&a, &b, "missed for longer", RECOVERY_MAX + 2).await;
+    let p = wait_page(&a, "page A shows it could not recover", |p| {
+        p.is_open() && p.subscribed && p.messages.len() >= said.len() + missed.len()
+    })
+    .await;
+    said.extend(missed.iter().map(|l| (l.clone(), false)));
+    assert_eq!(p.messages, said, "page A after a failed recovery");
+    assert_eq!(
+        p.notes,
+        [
+            recovered,
+            format!("[{ROOM}] some messages may be missing: the server could not recover them")
+        ],
+        "page A's notes"
+    );
+    screenshot(&a, &shots.join("page-a-not-recovered.png")).await;
+
+    // The room's stream is lost in Redis and made anew by the next
+    // publication: its new epoch tells both nodes that their subscribers'
+    // positions cannot continue (unsubscribe push 2500). Both pages
+    // resubscribe, are told the old position cannot be recovered, and show
+    // the new stream's message from history.
+    let removed: i64 = redis::cmd("DEL")
+        .arg(format!("__roomcast.history.{{{ROOM}}}"))
+        .arg(format!("__roomcast.meta.{{{ROOM}}}"))
+        .query(&mut redis.conn())
+        .expect("DEL the room's stream");
+    assert_eq!(removed, 2, "the room's stream and its meta were there");
+    let anew = "after the stream was made anew";
+    fill(&b, "text", anew).await;
+    click(&b, "send").await;
+    let line = format!("[{ROOM}] bob: {anew}");
+    let missing =
+        format!("[{ROOM}] some messages may be missing: the server could not recover them");
+    for (page, what, own, notes) in [(&a, "page A", false, 3), (&b, "page B", true, 1)] {
+        let p = wait_page(page, &format!("{what} shows the new stream"), |p| {
+            p.subscribed && p.has(&line) && p.notes.len() >= notes
+        })
+        .await;
+        assert_eq!(p.notes.last(), Some(&missing), "{what}: {p:?}");
+        assert_eq!(p.messages.last(), Some(&(line.clone(), own)), "{what}");
+        assert_eq!(
+            p.messages.iter().filter(|(l, _)| *l == line).count(),
+            1,
+            "{what} shows it once"
+        );
+    }
+    said.push((line, false));
+    for (node, what) in [(&n1, "node 1"), (&n2, "node 2")] {
+        assert_eq!(
+            node.metric("roomcast_insufficient_state_total"),
+            1,
+            "{what} told its page 2500"
+        );
+    }
+
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        assert_quiet_console(page, what).await;
+    }
 
     // A close the browser starts is echoed before the TCP stream ends:
     // Chromium reports it clean, with its code, on both runtimes' nodes.
@@ -193,20 +320,10 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     // "closed" state is seen even though the page soon tries to reconnect.
     bounded("watch page A's status", a.execute(WATCH_STATUS_JS, vec![])).await;
     let pending = n1.shutdown_in_background();
-    let closed = wait_for("page A shows its connection closed", async || {
-        let log = bounded("read page A's status log", a.execute(STATUS_LOG_JS, vec![])).await;
-        let first_closed = log
-            .as_array()
-            .expect("status log is an array")
-            .iter()
-            .find(|e| e["state"] == "closed")
-            .cloned();
-        (first_closed, log)
-    })
-    .await;
+    let closed = first_closed(&a).await;
     screenshot(&a, &shots.join("page-a-closed.png")).await;
     assert_eq!(
-        closed["status"], "closed (1001 going away)",
+        closed["status"], "closed (3001 shutdown)",
         "page A's first close: {closed}"
     );
     let retry = closed["retry"].as_str().unwrap_or_default();
@@ -224,6 +341,117 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     bounded("end session B", b.close()).await;
     drop(n2);
     drop(redis);
+}
+
+/// How many missed publications node 1 recovers (`--recovery-max-publications`).
+const RECOVERY_MAX: usize = 3;
+
+/// Page `away`'s socket is cut (and stays cut) while page `talker` sends
+/// `n` messages and sees them; then `away` reconnects. Answers the lines
+/// `away` should show for them.
+async fn absent(away: &Browser, talker: &Browser, what: &str, n: usize) -> Vec<String> {
+    bounded("watch the status", away.execute(WATCH_STATUS_JS, vec![])).await;
+    bounded(
+        "cut the socket",
+        away.execute("window.__roomcast.dropSocket(true);", vec![]),
+    )
+    .await;
+    let closed = first_closed(away).await;
+    assert_eq!(closed["status"], "closed (3000 connection closed)");
+    let p = page(away).await;
+    assert!(p.retry.is_empty(), "no countdown while held: {p:?}");
+    let mut lines = Vec::new();
+    for i in 1..=n {
+        let text = format!("{what} #{i}");
+        fill(talker, "text", &text).await;
+        click(talker, "send").await;
+        let line = format!("[{ROOM}] bob: {text}");
+        wait_page(talker, "the talker shows its message", |p| p.has(&line)).await;
+        lines.push(line);
+    }
+    bounded(
+        "reconnect",
+        away.execute("window.__roomcast.reconnect();", vec![]),
+    )
+    .await;
+    lines
+}
+
+/// The first "closed" state in the page's status log (see
+/// [`WATCH_STATUS_JS`]).
+async fn first_closed(browser: &Browser) -> Value {
+    wait_for("the page shows its connection closed", async || {
+        let log = bounded(
+            "read the status log",
+            browser.execute(STATUS_LOG_JS, vec![]),
+        )
+        .await;
+        let first = log
+            .as_array()
+            .expect("status log is an array")
+            .iter()
+            .find(|e| e["state"] == "closed")
+            .cloned();
+        (first, log)
+    })
+    .await
+}
+
+/// A node that wants a token: the page says why it was refused and asks
+/// for one (no reconnecting meanwhile), says so again for an expired one,
+/// connects with a good one typed in, and takes one from `#token=` in its
+/// address (which it then drops from the address).
+async fn token(webdriver: &str, chromium: &Path, profiles: &Path) {
+    use roomcast_tests::auth::{SECRET, TempDir, conn_claims, hs256};
+    let dir = TempDir::new("roomcast-browser-secret");
+    let secret = dir.write("secret", &format!("{SECRET}\n"));
+    let secret = secret.to_str().expect("a UTF-8 path");
+    let node = Node::embedded(
+        *Runtime::ALL.last().expect("a runtime"),
+        &["--token-hmac-secret-file", secret],
+    );
+    let browser = open_browser(webdriver, chromium, &profiles.join("token")).await;
+    let url = format!("http://{}/", node.addr());
+    bounded("open the page", browser.goto(&url)).await;
+    let p = wait_page(&browser, "the page is refused", |p| p.state == "refused").await;
+    assert_eq!(p.status, "closed (3500 invalid token)");
+    assert!(p.auth_shown, "the token field is shown: {p:?}");
+    assert!(p.auth_error.contains("needs a token"), "{p:?}");
+    assert!(p.retry.is_empty(), "no reconnecting when refused: {p:?}");
+    screenshot(&browser, &screenshot_dir().join("page-token.png")).await;
+
+    fill(
+        &browser,
+        "token",
+        &hs256(&conn_claims("alice", Some(-3600))),
+    )
+    .await;
+    click(&browser, "connect").await;
+    let p = wait_page(&browser, "the page says the token expired", |p| {
+        p.status == "refused (token expired)"
+    })
+    .await;
+    assert!(p.auth_error.contains("the token has expired"), "{p:?}");
+
+    let good = hs256(&conn_claims("alice", Some(3600)));
+    fill(&browser, "token", &format!("{good}\u{E007}")).await;
+    let p = wait_page(&browser, "the page connects with the token", |p| {
+        p.is_open()
+    })
+    .await;
+    assert!(!p.auth_shown, "the token field is hidden once open: {p:?}");
+
+    bounded("leave the page", browser.goto("about:blank")).await;
+    bounded(
+        "open the page with #token=",
+        browser.goto(&format!("{url}#token={good}")),
+    )
+    .await;
+    wait_page(&browser, "the page connects with #token=", |p| p.is_open()).await;
+    let left = bounded("its address", browser.current_url()).await;
+    assert_eq!(left.fragment(), None, "the token is dropped from {left}");
+    assert_quiet_console(&browser, "the token page").await;
+    bounded("end the session", browser.close()).await;
 }
 
 /// A page served from `http://127.0.0.1:P` (another origin than any node's)
@@ -415,10 +643,23 @@ struct Page {
     retry: String,
     /// The joined rooms' buttons, in order.
     rooms: Vec<String>,
+    /// Whether every joined room is subscribed (none still on its way).
+    subscribed: bool,
+    /// The room selected to send to.
+    current: String,
     /// The message input's value.
     text: String,
     /// Each `.msg` line without its time, and whether it is marked `own`.
     messages: Vec<(String, bool)>,
+    /// The notes in the message log (`.note`), in order.
+    notes: Vec<String>,
+    /// The member list's heading, its entries and its note.
+    members_title: String,
+    members: Vec<String>,
+    members_note: String,
+    /// Whether the token form is shown, and what it says.
+    auth_shown: bool,
+    auth_error: String,
 }
 
 impl Page {
@@ -438,7 +679,16 @@ return {
   state: $("status").dataset.state || "",
   retry: $("retry").textContent,
   rooms: Array.from($("rooms").querySelectorAll("button"), (b) => b.textContent),
+  subscribed: Array.from($("rooms").querySelectorAll("button"))
+    .every((b) => b.dataset.state === "subscribed"),
+  current: $("current").value,
   text: $("text").value,
+  notes: Array.from($("messages").querySelectorAll("li.note"), (li) => li.textContent),
+  members_title: $("members-h").textContent,
+  members: Array.from($("members").querySelectorAll("li"), (li) => li.textContent),
+  members_note: $("members-note").textContent,
+  auth_shown: !$("authform").hidden,
+  auth_error: $("autherror").textContent,
   messages: Array.from($("messages").querySelectorAll("li.msg"), (li) => [
     Array.from(li.childNodes)
       .filter((n) => n.nodeName !== "TIME")
@@ -475,15 +725,31 @@ async fn page(browser: &Browser) -> Page {
             .to_string()
     };
     let list = |key: &str| -> &Vec<Value> { v[key].as_array().unwrap_or_else(|| panic!("{v}")) };
+    let strings = |key: &str| -> Vec<String> {
+        list(key)
+            .iter()
+            .map(|r| {
+                r.as_str()
+                    .unwrap_or_else(|| panic!("{key} in {v}"))
+                    .to_string()
+            })
+            .collect()
+    };
+    let flag = |key: &str| v[key].as_bool().unwrap_or_else(|| panic!("{key} in {v}"));
     Page {
         status: s("status"),
         state: s("state"),
         retry: s("retry"),
         text: s("text"),
-        rooms: list("rooms")
-            .iter()
-            .map(|r| r.as_str().expect("room").to_string())
-            .collect(),
+        rooms: strings("rooms"),
+        subscribed: flag("subscribed"),
+        current: s("current"),
+        notes: strings("notes"),
+        members_title: s("members_title"),
+        members: strings("members"),
+        members_note: s("members_note"),
+        auth_shown: flag("auth_shown"),
+        auth_error: s("auth_error"),
         messages: list("messages")
             .iter()
             .map(|m| {
@@ -537,6 +803,39 @@ async fn fill(browser: &Browser, id: &str, value: &str) {
 async fn click(browser: &Browser, id: &str) {
     let button = bounded(id, browser.find(Locator::Id(id))).await;
     bounded(id, button.click()).await;
+}
+
+/// chromedriver's `POST /session/{id}/se/log` for the `browser` log: the
+/// console messages (and the browser's own errors, such as a failed
+/// WebSocket or a missing resource) since the last time it was read.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or("")))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// Panics if the page logged a warning or an error to its console since the
+/// last look.
+async fn assert_quiet_console(browser: &Browser, what: &str) {
+    let log = bounded("read the console log", browser.issue_cmd(BrowserLog)).await;
+    let loud: Vec<&Value> = log
+        .as_array()
+        .unwrap_or_else(|| panic!("the console log: {log}"))
+        .iter()
+        .filter(|e| matches!(e["level"].as_str(), Some("SEVERE" | "WARNING")))
+        .collect();
+    assert!(loud.is_empty(), "{what}: the console says {loud:#?}");
 }
 
 async fn screenshot(browser: &Browser, path: &Path) {
@@ -593,6 +892,7 @@ async fn open_browser(webdriver: &str, chromium: &Path, profile: &Path) -> Brows
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert("goog:chromeOptions".into(), options);
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     bounded(
         "start a Chromium session",
         ClientBuilder::new(HttpConnector::new())
