@@ -154,6 +154,39 @@ pub struct NodeConfig {
     pub recovery_max_publications: u64,
     /// The most publications one history request returns (default 300).
     pub history_max_publications: usize,
+    /// The HTTP server API.
+    pub api: ApiConfig,
+}
+
+/// The HTTP server API's settings (`--api-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Serve the API without checking `X-API-Key` (`--api-insecure`, only
+    /// with a loopback `--api-listen`).
+    pub insecure: bool,
+    /// The largest request body (`--api-max-body`, default 1 MiB): larger
+    /// is answered 413 and the connection closed.
+    pub max_body: u64,
+    /// Errors as HTTP statuses (`--api-http-errors`) instead of 200 with
+    /// an error body.
+    pub http_errors: bool,
+    /// The API has its own listener (`--api-listen`): the main port does
+    /// not serve it.
+    pub own_listener: bool,
+    /// Requests one kept-alive connection may carry before it is closed.
+    pub max_requests_per_conn: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            insecure: false,
+            max_body: 1024 * 1024,
+            http_errors: false,
+            own_listener: false,
+            max_requests_per_conn: 1000,
+        }
+    }
 }
 
 /// How long a room's stream metadata (epoch, top offset) is kept when its
@@ -174,6 +207,7 @@ impl Default for NodeConfig {
             wall_origin: 0,
             recovery_max_publications: 300,
             history_max_publications: 300,
+            api: ApiConfig::default(),
         }
     }
 }

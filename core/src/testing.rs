@@ -733,6 +733,7 @@ impl Setup {
         NodeConfig {
             recovery_max_publications: 300,
             history_max_publications: 300,
+            api: Default::default(),
             hub: HubConfig {
                 limits: Limits {
                     max_frame_bytes: MAX_FRAME,
