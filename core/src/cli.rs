@@ -197,6 +197,32 @@ pub struct Cli {
     /// Origin must match the Host the request came to.
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// The HTTP server API's key (`X-API-Key`); without one (or
+    /// --api-insecure) POST /api/… is 404. Prefer --api-key-file.
+    #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// A file holding the API key (trailing newline ignored).
+    #[arg(long, env = "ROOMCAST_API_KEY_FILE")]
+    pub api_key_file: Option<String>,
+
+    /// Serve the HTTP server API on this address instead of --listen.
+    #[arg(long, env = "ROOMCAST_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+
+    /// Serve the API without a key: only with a loopback --api-listen.
+    #[arg(long, env = "ROOMCAST_API_INSECURE")]
+    pub api_insecure: bool,
+
+    /// Largest server API request body in bytes; larger is answered 413.
+    #[arg(long, env = "ROOMCAST_API_MAX_BODY", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=64 * 1024 * 1024))]
+    pub api_max_body: u64,
+
+    /// Answer server API errors with HTTP statuses (400, 403, 404, 416, 422,
+    /// 503) instead of 200 with an error body (Centrifugo's default).
+    #[arg(long, env = "ROOMCAST_API_HTTP_ERRORS")]
+    pub api_http_errors: bool,
 }
 
 impl Cli {
@@ -229,6 +255,12 @@ impl Cli {
     /// Flags that contradict each other: a start-up error, before anything
     /// is served.
     pub fn check(&self) -> Result<(), String> {
+        if self.api_insecure && !self.api_listen.is_some_and(|a| a.ip().is_loopback()) {
+            return Err(
+                "--api-insecure needs --api-listen on a loopback address (e.g. 127.0.0.1:8081)"
+                    .into(),
+            );
+        }
         self.hub_config(0).limits.check()
     }
 
@@ -266,6 +298,13 @@ impl Cli {
             presence_refresh: self.presence_refresh,
             presence_ttl: self.presence_ttl,
             presence_max_members: self.presence_max_members,
+            api: crate::config::ApiConfig {
+                insecure: self.api_insecure,
+                max_body: self.api_max_body,
+                http_errors: self.api_http_errors,
+                own_listener: self.api_listen.is_some(),
+                ..Default::default()
+            },
         }
     }
 

@@ -162,6 +162,39 @@ pub struct NodeConfig {
     /// Presence rooms larger than this stop join/leave pushes (default
     /// 1000; a namespace's `presence_max_members` wins; 0: no cap).
     pub presence_max_members: usize,
+    /// The HTTP server API.
+    pub api: ApiConfig,
+}
+
+/// The HTTP server API's settings (`--api-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Serve the API without checking `X-API-Key` (`--api-insecure`, only
+    /// with a loopback `--api-listen`).
+    pub insecure: bool,
+    /// The largest request body (`--api-max-body`, default 1 MiB): larger
+    /// is answered 413 and the connection closed.
+    pub max_body: u64,
+    /// Errors as HTTP statuses (`--api-http-errors`) instead of 200 with
+    /// an error body.
+    pub http_errors: bool,
+    /// The API has its own listener (`--api-listen`): the main port does
+    /// not serve it.
+    pub own_listener: bool,
+    /// Requests one kept-alive connection may carry before it is closed.
+    pub max_requests_per_conn: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            insecure: false,
+            max_body: 1024 * 1024,
+            http_errors: false,
+            own_listener: false,
+            max_requests_per_conn: 1000,
+        }
+    }
 }
 
 /// How long a room's stream metadata (epoch, top offset) is kept when its
@@ -185,6 +218,7 @@ impl Default for NodeConfig {
             presence_refresh: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
             presence_max_members: 1000,
+            api: ApiConfig::default(),
         }
     }
 }

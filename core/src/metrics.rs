@@ -55,6 +55,77 @@ pub struct Snapshot {
     pub accept_errors: u64,
 }
 
+/// The HTTP server API's numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiMetrics {
+    /// Method labels, one per row of `requests` and `latency`.
+    pub methods: Vec<&'static str>,
+    /// Result labels, one per column of `requests`.
+    pub results: Vec<&'static str>,
+    pub requests: Vec<Vec<u64>>,
+    /// Upper bounds (seconds) of the latency buckets; `latency` rows have
+    /// one more count, for `+Inf`. Counts per bucket, not cumulative.
+    pub buckets: Vec<f64>,
+    pub latency: Vec<Vec<u64>>,
+    pub latency_sum_seconds: Vec<f64>,
+    /// Requests refused for a missing or wrong `X-API-Key`.
+    pub unauthorized: u64,
+    /// Requests refused for a body over `--api-max-body`.
+    pub too_large: u64,
+}
+
+/// Appends the API's metrics: requests by method and result, their
+/// latency as a histogram by method, and the refusals before a method.
+pub fn render_api(m: &ApiMetrics, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP roomcast_api_requests_total Server API requests answered, by method and result.\n# TYPE roomcast_api_requests_total counter"
+    );
+    for (method, row) in m.methods.iter().zip(&m.requests) {
+        for (result, n) in m.results.iter().zip(row) {
+            let _ = writeln!(
+                out,
+                "roomcast_api_requests_total{{method=\"{method}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+    let name = "roomcast_api_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Server API request latency, body read to answer.\n# TYPE {name} histogram"
+    );
+    for ((method, row), sum) in m.methods.iter().zip(&m.latency).zip(&m.latency_sum_seconds) {
+        let mut total = 0;
+        for (i, n) in row.iter().enumerate() {
+            total += n;
+            let le = m
+                .buckets
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{method=\"{method}\",le=\"{le}\"}} {total}"
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{method=\"{method}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{method=\"{method}\"}} {total}");
+    }
+    for (n, help, v) in [
+        (
+            "roomcast_api_unauthorized_total",
+            "Server API requests refused (401) for a missing or wrong X-API-Key.",
+            m.unauthorized,
+        ),
+        (
+            "roomcast_api_body_too_large_total",
+            "Server API requests refused (413) for a body over --api-max-body.",
+            m.too_large,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {n} {help}\n# TYPE {n} counter\n{n} {v}");
+    }
+}
+
 /// Renders every metric.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(6144);

@@ -164,6 +164,10 @@ pub const FLAG_KEYS: &[(&str, FlagKind)] = &[
     ("reconnect_min", FlagKind::Duration),
     ("reconnect_max", FlagKind::Duration),
     ("no_chat_page", FlagKind::Bool),
+    ("api_listen", FlagKind::Addr),
+    ("api_insecure", FlagKind::Bool),
+    ("api_max_body", FlagKind::Int),
+    ("api_http_errors", FlagKind::Bool),
 ];
 
 /// The top-level auth keys (see [`AuthSettings`]).

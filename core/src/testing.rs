@@ -736,6 +736,7 @@ impl Setup {
             presence_refresh: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
             presence_max_members: 1000,
+            api: Default::default(),
             hub: HubConfig {
                 limits: Limits {
                     max_frame_bytes: MAX_FRAME,

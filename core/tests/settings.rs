@@ -553,8 +553,16 @@ fn flag_keys_match_the_command_line() {
     let mut from_cli = Vec::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        // (`token_hmac_secret_file` is a command-line way to give `token_hmac_secret`.)
-        if ["help", "version", "config", "token_hmac_secret_file"].contains(&id)
+        // (`token_hmac_secret_file` is a command-line way to give `token_hmac_secret`,
+        // `api_key_file` one to give `api_key`.)
+        if [
+            "help",
+            "version",
+            "config",
+            "token_hmac_secret_file",
+            "api_key_file",
+        ]
+        .contains(&id)
             || AUTH_KEYS.contains(&id)
         {
             continue;
@@ -619,6 +627,10 @@ redis_timeout = "10s"
 reconnect_min = "11ms"
 reconnect_max = "12s"
 no_chat_page = true
+api_listen = "127.0.0.1:9001"
+api_insecure = true
+api_max_body = 4096
+api_http_errors = true
 "#,
     );
     assert_eq!(s.flags.len(), FLAG_KEYS.len(), "the file sets every flag");
@@ -657,6 +669,11 @@ no_chat_page = true
     assert_eq!(cli.reconnect_min, Duration::from_millis(11));
     assert_eq!(cli.reconnect_max, Duration::from_secs(12));
     assert!(cli.no_chat_page);
+    assert_eq!(cli.api_listen, Some("127.0.0.1:9001".parse().unwrap()));
+    assert!(cli.api_insecure);
+    assert_eq!(cli.api_max_body, 4096);
+    assert!(cli.api_http_errors);
+    assert!(cli.check().is_ok(), "insecure on a loopback --api-listen");
 }
 
 #[test]

@@ -227,6 +227,18 @@ pub fn load_auth(cli: &Cli) -> io::Result<Arc<Auth>> {
     if let Some(grace) = cli.token_expire_grace {
         a.token_expire_grace = grace;
     }
+    if let Some(key) = &cli.api_key {
+        a.api_key = Some(key.clone());
+    }
+    if let Some(file) = &cli.api_key_file {
+        let key = std::fs::read_to_string(file)
+            .map_err(|e| invalid(format!("--api-key-file {file}: {e}")))?;
+        let key = key.trim_end_matches(['\r', '\n']);
+        if key.is_empty() {
+            return Err(invalid(format!("--api-key-file {file}: the file is empty")));
+        }
+        a.api_key = Some(key.to_string());
+    }
     if cli.allow_anonymous_connect_without_token {
         a.allow_anonymous_connect_without_token = true;
     }
@@ -274,6 +286,16 @@ pub async fn serve<R: Runtime>(
 ) -> io::Result<()> {
     let redis = check(&cli)?;
     let listener = rt.listener(listener)?;
+    // The server API's own listener, when asked for.
+    let api_listener = match cli.api_listen {
+        Some(addr) => {
+            let l = bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("--api-listen {addr}: {e}")))?;
+            info!("server API listening on http://{}", l.local_addr()?);
+            Some(rt.listener(l)?)
+        }
+        None => None,
+    };
     // Per-process entropy, so that a fleet's nodes do not retry in step and
     // have distinct names.
     let seed = std::hash::BuildHasher::hash_one(
@@ -314,20 +336,31 @@ pub async fn serve<R: Runtime>(
                 shutdown.as_mut().await;
                 None
             });
-            let accept = pin!(async { Some(rt.accept(&listener).await) });
-            race(&mut [stop, accept]).await
+            let accept = pin!(async { Some((false, rt.accept(&listener).await)) });
+            let api = pin!(async {
+                match &api_listener {
+                    Some(l) => Some((true, rt.accept(l).await)),
+                    None => std::future::pending().await,
+                }
+            });
+            race(&mut [stop, accept, api]).await
         };
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
+            Some((api, Ok(stream))) => {
                 // Refused over the limit (and the operator reserve): dropped here.
-                if let Some(admitted) = shared.node.admit() {
+                let admitted = if api {
+                    shared.node.admit_api()
+                } else {
+                    shared.node.admit()
+                };
+                if let Some(admitted) = admitted {
                     let guard = SocketGuard(shared.clone());
                     rt.spawn(handle_socket(guard, stream, admitted));
                 }
                 rt.yield_now().await;
             }
-            Some(Err(e)) => {
+            Some((_, Err(e))) => {
                 // Out of file descriptors and the like: back off briefly,
                 // and log at most once a second.
                 if let Some(line) = shared.node.accept_failed(&e.to_string(), rt.now()) {
@@ -338,6 +371,7 @@ pub async fn serve<R: Runtime>(
         }
     }
     drop(listener);
+    drop(api_listener);
     info!("shutting down: closing every connection");
     shared.node.shutdown();
     let drained = poll_fn(|cx| shared.node.poll_drained(cx));
@@ -369,16 +403,40 @@ async fn handle_socket<R: Runtime>(
     let shared = guard.0.clone();
     let rt = &shared.rt;
     let _ = R::socket(&stream).set_tcp_nodelay(true);
-    let deadline = rt.now() + shared.cli.handshake_timeout;
-    let read = async {
-        while let Ok(n) = stream.read(admitted.head.buf()).await {
-            if admitted.head.advance(n) {
-                break;
+    // Server API requests keep the connection for the next one (each
+    // with the handshake's limits and timeout); anything else ends it.
+    let mut served = 0u32;
+    let mut deadline;
+    let reply = loop {
+        deadline = rt.now() + shared.cli.handshake_timeout;
+        if !admitted.head.is_decided() {
+            let read = async {
+                while let Ok(n) = stream.read(admitted.head.buf()).await {
+                    if admitted.head.advance(n) {
+                        break;
+                    }
+                }
+            };
+            let _ = until(rt, deadline, read).await;
+        }
+        match shared.node.answer(admitted, rt.now()) {
+            Reply::Api(req) => {
+                served += 1;
+                match serve_api(&shared, &mut stream, req, served, deadline).await {
+                    Some(next) => admitted = next,
+                    None => {
+                        let _ = until(rt, rt.now() + shared.cli.handshake_timeout, stream.close())
+                            .await;
+                        drop(guard);
+                        return;
+                    }
+                }
             }
+            other => break other,
         }
     };
-    let _ = until(rt, deadline, read).await;
-    match shared.node.answer(admitted, rt.now()) {
+    match reply {
+        Reply::Api(_) => unreachable!("served in the loop"),
         Reply::Upgrade {
             response,
             rest,
@@ -421,6 +479,53 @@ async fn handle_socket<R: Runtime>(
         Reply::Drop => {}
     }
     drop(guard);
+}
+
+/// One server API request: its body read by `deadline`, answered (waiting
+/// for the broker at most [`Node::api_wait`]), the response written. The
+/// connection's next request, if it goes on.
+async fn serve_api<R: Runtime>(
+    shared: &Arc<Shared<R>>,
+    stream: &mut R::Tcp,
+    mut req: roomcast_core::node::ApiRequest,
+    served: u32,
+    deadline: Duration,
+) -> Option<Admitted> {
+    let rt = &shared.rt;
+    let node = &shared.node;
+    let body = async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        while req.missing() > 0 {
+            let want = req.missing().min(chunk.len());
+            match stream.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => req.extend(&chunk[..n]),
+            }
+        }
+        true
+    };
+    if until(rt, deadline, body).await != Some(true) {
+        node.handshake_failed();
+        return None;
+    }
+    let answer = match node.api(req, rt.now()) {
+        roomcast_core::node::ApiCall::Ready(a) => a,
+        roomcast_core::node::ApiCall::Pending(p) => {
+            let _ = timeout(rt, node.api_wait(), poll_fn(|cx| p.poll(cx))).await;
+            p.finish()
+        }
+    };
+    let (response, next) = node.api_respond(answer, served, rt.now());
+    let written = until(
+        rt,
+        rt.now() + shared.cli.handshake_timeout,
+        stream.write_all(&response),
+    )
+    .await;
+    if !matches!(written, Some(Ok(()))) {
+        return None;
+    }
+    next
 }
 
 type Ws<R> = WebSocketStream<<R as Runtime>::Tcp>;

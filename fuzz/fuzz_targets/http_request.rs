@@ -56,7 +56,9 @@ fn status(route: Route) -> &'static [u16] {
         Route::Health => &[200, 503],
         Route::Metrics | Route::Index => &[200],
         Route::NotFound => &[404],
-        Route::MethodNotAllowed => &[405],
+        Route::MethodNotAllowed | Route::ApiMethodNotAllowed => &[405],
+        Route::LengthRequired => &[411],
+        Route::BadContentLength => &[400],
         Route::BadUpgrade(_) | Route::UnsupportedSubprotocol => &[400],
         Route::UnsupportedVersion => &[426],
         Route::HeaderTooLarge => &[431],
@@ -178,6 +180,13 @@ fn check(data: &[u8]) {
             check_response(*route, *head_only);
             check_response(*route, !*head_only);
         }
+        Decision::Api(api) => {
+            assert!(api.head_len <= data.len().min(MAX_HEAD_BYTES));
+            assert!(
+                !format!("{api:?}").contains("api_key: Some(\""),
+                "key not redacted"
+            );
+        }
         Decision::Invalid => {}
     }
 
@@ -297,6 +306,7 @@ fn check_reader(data: &[u8], chunk: usize) {
             assert_eq!(rest, &data[up.head_len..fed], "bytes past the head");
         }
         Decision::Route { route, head_only } => check_response(route, head_only),
+        Decision::Api(api) => assert!(api.head_len <= fed),
         Decision::Invalid => {}
         Decision::Incomplete => panic!("stopped on Incomplete with {fed} bytes"),
     }

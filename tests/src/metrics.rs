@@ -14,6 +14,16 @@ impl Metrics {
                 continue;
             }
             let (key, value) = line.rsplit_once(' ').expect("metric line: key value");
+            // A histogram's sum is in seconds, a float: checked, not kept
+            // (every other value is a count).
+            let name = key.split('{').next().unwrap_or(key);
+            if name.ends_with("_seconds_sum") {
+                let v: f64 = value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("metric value in {line:?}"));
+                assert!(v.is_finite() && v >= 0.0, "metric value in {line:?}");
+                continue;
+            }
             let value: u64 = value
                 .parse()
                 .unwrap_or_else(|_| panic!("metric value in {line:?}"));

@@ -90,6 +90,14 @@ pub enum Route {
     HeaderTooLarge,
     /// A request line that does not end within [`MAX_HEAD_BYTES`]: 414.
     UriTooLong,
+    /// A method other than POST on `/api/…`: 405 (`Allow: POST`).
+    ApiMethodNotAllowed,
+    /// A `POST /api/…` without a `Content-Length`, or with a
+    /// `Transfer-Encoding` (bodies are read by length only): 411.
+    LengthRequired,
+    /// A `Content-Length` that is not one decimal number (or two that
+    /// differ): 400.
+    BadContentLength,
 }
 
 /// Why a WebSocket upgrade was refused with 400 ([`Route::BadUpgrade`]).
@@ -225,6 +233,103 @@ pub enum Decision {
     Route { route: Route, head_only: bool },
     /// Not HTTP: drop the connection at once.
     Invalid,
+    /// A server API request (`POST /api/<method>` with a length): check its
+    /// key and length, then read `content_length` bytes of body past
+    /// `head_len`.
+    Api(ApiHead),
+}
+
+/// The head of a server API request.
+///
+/// `Debug` prints `api_key` redacted: it is a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiHead {
+    /// The path segment after `/api/` (not checked here).
+    pub method: String,
+    /// Where the head ends; the body follows.
+    pub head_len: usize,
+    /// The body's length, as `Content-Length` says.
+    pub content_length: u64,
+    /// The `X-API-Key` header, if sent once (`None` also when it is sent
+    /// twice or is not UTF-8: such a request is unauthorized).
+    pub api_key: Option<String>,
+    /// Whether the connection may carry another request after this one
+    /// (HTTP/1.1 without `Connection: close`, or HTTP/1.0 with
+    /// `keep-alive`).
+    pub keep_alive: bool,
+    /// `X-Centrifugo-Error-Mode: transport`: errors as HTTP statuses.
+    pub transport_errors: bool,
+}
+
+impl fmt::Debug for ApiHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiHead")
+            .field("method", &self.method)
+            .field("head_len", &self.head_len)
+            .field("content_length", &self.content_length)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("transport_errors", &self.transport_errors)
+            .finish()
+    }
+}
+
+/// The path prefix of the server API.
+pub const API_PATH: &str = "/api/";
+
+/// Checks a request to `/api/…`.
+fn api_head(
+    method: &str,
+    version: Option<u8>,
+    path: &str,
+    headers: &Headers<'_, '_>,
+    head_len: usize,
+) -> Result<ApiHead, Route> {
+    if method != "POST" {
+        return Err(Route::ApiMethodNotAllowed);
+    }
+    if headers.all("transfer-encoding").next().is_some() {
+        return Err(Route::LengthRequired);
+    }
+    let mut length: Option<u64> = None;
+    for v in headers
+        .all("content-length")
+        .flat_map(|v| v.split(|b| *b == b','))
+    {
+        let v = trim(v);
+        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+            return Err(Route::BadContentLength);
+        }
+        let n: u64 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or(Route::BadContentLength)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Route::BadContentLength);
+        }
+        length = Some(n);
+    }
+    let content_length = length.ok_or(Route::LengthRequired)?;
+    let api_key = match headers.single("x-api-key") {
+        Ok(Some(k)) => std::str::from_utf8(k).ok().map(str::to_owned),
+        _ => None,
+    };
+    let keep_alive = if version == Some(0) {
+        headers.has_token("connection", "keep-alive")
+    } else {
+        !headers.has_token("connection", "close")
+    };
+    let transport_errors = headers
+        .all("x-centrifugo-error-mode")
+        .any(|v| v.eq_ignore_ascii_case(b"transport"));
+    Ok(ApiHead {
+        method: path[API_PATH.len()..].to_owned(),
+        head_len,
+        content_length,
+        api_key,
+        keep_alive,
+        transport_errors,
+    })
 }
 
 /// Routes a request from its first bytes. `index` says whether `GET /`
@@ -260,6 +365,14 @@ pub fn route(buf: &[u8], index: bool) -> Decision {
         let http11 = req.version != Some(0);
         return match upgrade(method, http11, target, &headers, head_len) {
             Ok(up) => Decision::Upgrade(up),
+            Err(route) => answer(route),
+        };
+    }
+    if let Some(t) = target
+        && t.path.starts_with(API_PATH)
+    {
+        return match api_head(method, req.version, t.path, &headers, head_len) {
+            Ok(api) => Decision::Api(api),
             Err(route) => answer(route),
         };
     }
@@ -556,6 +669,31 @@ impl HeadReader {
         }
     }
 
+    /// A reader that starts with `bytes` already read (what followed the
+    /// previous request on a kept-alive connection): it may be decided
+    /// already ([`HeadReader::is_decided`]), else read on.
+    pub fn resume(index: bool, bytes: Vec<u8>) -> HeadReader {
+        let filled = bytes.len();
+        let mut r = HeadReader {
+            buf: bytes,
+            filled,
+            index,
+            decision: None,
+        };
+        if filled > 0 {
+            match route(&r.buf[..filled], index) {
+                Decision::Incomplete => {}
+                d => r.decision = Some(d),
+            }
+        }
+        r
+    }
+
+    /// Whether reading must stop (see [`HeadReader::advance`]).
+    pub fn is_decided(&self) -> bool {
+        self.decision.is_some()
+    }
+
     /// The decision (`None` when reading stopped early) and the bytes read.
     /// A stream that ended before its head did is [`Decision::Invalid`].
     /// For an upgrade, the bytes past [`Upgrade::head_len`] are the start of
@@ -641,8 +779,30 @@ pub fn fixed_response(route: Route, head_only: bool) -> Option<Vec<u8>> {
             response(431, TEXT, b"request header fields too large\n", head_only)
         }
         Route::UriTooLong => response(414, TEXT, b"request target too long\n", head_only),
+        Route::ApiMethodNotAllowed => build(
+            405,
+            &[("allow", "POST")],
+            "close",
+            TEXT,
+            b"method not allowed: the server API takes POST\n",
+            head_only,
+        ),
+        Route::LengthRequired => response(
+            411,
+            TEXT,
+            b"length required: send the body with a Content-Length (no chunked encoding)\n",
+            head_only,
+        ),
+        Route::BadContentLength => response(400, TEXT, b"bad Content-Length\n", head_only),
     };
     Some(r)
+}
+
+/// A server API response (JSON); `keep_alive`: the connection stays open
+/// for another request.
+pub fn api_response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    build(status, &[], connection, "application/json", body, false)
 }
 
 /// A complete HTTP/1.1 response that closes the connection.
@@ -665,6 +825,11 @@ fn build(
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
+        500 => "Internal Server Error",
         414 => "URI Too Long",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
@@ -746,6 +911,60 @@ mod tests {
 
     fn text(r: Vec<u8>) -> String {
         String::from_utf8(r).unwrap()
+    }
+
+    #[test]
+    fn api_requests() {
+        let post = |headers: &[&str]| {
+            let mut r = request("POST /api/publish HTTP/1.1", headers);
+            r.extend_from_slice(b"{}");
+            route(&r, true)
+        };
+        let d = post(&["Host: x", "Content-Length: 2", "X-API-Key: k"]);
+        let Decision::Api(api) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(api.method, "publish");
+        assert_eq!(api.content_length, 2);
+        assert_eq!(api.api_key.as_deref(), Some("k"));
+        assert!(api.keep_alive && !api.transport_errors);
+        assert!(!format!("{api:?}").contains("\"k\""), "{api:?}");
+        let d = post(&[
+            "Content-Length: 2, 2",
+            "Connection: close",
+            "X-Centrifugo-Error-Mode: transport",
+            "X-API-Key: a",
+            "X-API-Key: b",
+        ]);
+        let Decision::Api(api) = d else {
+            panic!("{d:?}")
+        };
+        assert!(!api.keep_alive && api.transport_errors);
+        assert_eq!(api.api_key, None, "two keys are no key");
+        assert_eq!(post(&[]), routed(Route::LengthRequired));
+        assert_eq!(
+            post(&["Transfer-Encoding: chunked", "Content-Length: 2"]),
+            routed(Route::LengthRequired)
+        );
+        for bad in ["-1", "x", "1, 2", "", "99999999999999999999"] {
+            let h = format!("Content-Length: {bad}");
+            assert_eq!(post(&[&h]), routed(Route::BadContentLength), "{bad}");
+        }
+        assert_eq!(
+            route(&get("/api/publish"), true),
+            routed(Route::ApiMethodNotAllowed)
+        );
+        let r = request("POST /api/info HTTP/1.0", &["Content-Length: 0"]);
+        assert!(matches!(route(&r, true), Decision::Api(a) if !a.keep_alive));
+        let r = text(api_response(200, b"{}", true));
+        assert!(r.contains("connection: keep-alive\r\n"), "{r}");
+        // A kept-alive connection's next request may already be here.
+        let mut two = request("POST /api/info HTTP/1.1", &["Content-Length: 0"]);
+        two.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+        let reader = HeadReader::resume(true, two[two.len() - 27..].to_vec());
+        assert!(reader.is_decided());
+        assert_eq!(reader.into_parts().0, Some(routed(Route::Health)));
+        assert!(!HeadReader::resume(true, b"GET /he".to_vec()).is_decided());
     }
 
     #[test]

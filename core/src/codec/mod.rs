@@ -12,6 +12,7 @@
 //! - [`redis`]: Redis commands and replies as values, the keys of a room's
 //!   data and the Lua scripts the node runs.
 
+pub mod api;
 pub mod centrifugo;
 pub mod envelope;
 pub mod http;

@@ -269,10 +269,27 @@ return redis.call('hgetall', data)
 "#,
 };
 
+/// An idempotent publish into a room without history: published only if
+/// the idempotency key's result key is new (it is then kept for the ttl).
+///
+/// KEYS: result. ARGV: channel, payload, result ttl (s).
+/// Returns 1 when published, 0 for a retry.
+pub const PUBLISH_ONCE_SCRIPT: Script = Script {
+    name: "publish_once",
+    source: r#"
+if redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('publish', ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+};
+
 /// Every script a link loads.
-pub const SCRIPTS: [&Script; 5] = [
+pub const SCRIPTS: [&Script; 6] = [
     &PUBLISH_SCRIPT,
     &HISTORY_SCRIPT,
+    &PUBLISH_ONCE_SCRIPT,
     &PRESENCE_ADD_SCRIPT,
     &PRESENCE_REMOVE_SCRIPT,
     &PRESENCE_GET_SCRIPT,

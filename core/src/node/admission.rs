@@ -18,6 +18,8 @@ pub struct Admitted {
     /// Only the operator reserve had room: plain requests are served,
     /// upgrades refused.
     pub(super) full: bool,
+    /// Accepted on the API's own listener (`--api-listen`).
+    pub(super) api_port: bool,
 }
 
 /// Socket-level counters, for `/metrics`.

@@ -78,6 +78,8 @@ pub(super) enum Waiter {
         room: Box<str>,
     },
     Presence(super::presence::PresenceWait),
+    /// A server API request.
+    Api(Box<super::api::ApiWait>),
 }
 
 /// A subscribe waiting for its history read.
@@ -99,7 +101,11 @@ pub(super) struct Memory {
 }
 
 impl Memory {
-    fn stream(&self, room: &str, epoch: impl FnOnce() -> String) -> Arc<Mutex<MemoryStream>> {
+    pub(super) fn stream(
+        &self,
+        room: &str,
+        epoch: impl FnOnce() -> String,
+    ) -> Arc<Mutex<MemoryStream>> {
         let mut rooms = lock(&self.rooms);
         if let Some(s) = rooms.get(room) {
             return s.clone();
@@ -117,7 +123,7 @@ impl Memory {
 }
 
 /// A history read as the stream script returns it: `{top, epoch, entries}`.
-fn parse_read(reply: &Reply) -> Option<Read<Bytes>> {
+pub(super) fn parse_read(reply: &Reply) -> Option<Read<Bytes>> {
     let parts = reply.as_array()?;
     let top = u64::try_from(parts.first()?.as_int()?).ok()?;
     let epoch = parts.get(1)?.as_str()?.to_string();
@@ -136,7 +142,7 @@ fn parse_read(reply: &Reply) -> Option<Read<Bytes>> {
 
 /// Encodes broker payloads (with positions) as the JSON array of a reply's
 /// publications; payloads that do not parse are left out.
-fn publications_json(payloads: &[Bytes]) -> String {
+pub(super) fn publications_json(payloads: &[Bytes]) -> String {
     let mut out = String::from("[");
     for p in payloads {
         let Ok(env) = envelope::parse_envelope(p) else {
@@ -166,7 +172,7 @@ impl Node {
 
     /// A new epoch: unique to this process (the node id is) and to each
     /// stream it makes.
-    fn new_epoch(&self) -> String {
+    pub(super) fn new_epoch(&self) -> String {
         let n = self.epochs.fetch_add(1, Ordering::Relaxed);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in self.cfg.node_id.bytes().chain(n.to_le_bytes()) {
@@ -179,7 +185,7 @@ impl Node {
         Ticket(self.tickets.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn history_call(
+    pub(super) fn history_call(
         &self,
         room: &str,
         since: u64,
@@ -208,23 +214,7 @@ impl Node {
     pub(super) fn publish_with_history(&self, p: &Publication<'_>, o: &HistoryOpts, now: Duration) {
         match self.cfg.mode {
             BrokerMode::Local => {
-                let stream = self.memory.stream(p.room, || self.new_epoch());
-                let mut s = lock(&stream);
-                let epoch: Box<str> = s.epoch.clone();
-                let (offset, _) = s.append(o.size, o.ttl, now, |offset| {
-                    Bytes::from(envelope::encode_positioned(p, offset, &epoch))
-                });
-                let members = self.inspect(|h| h.members(p.room));
-                if let Some(members) = members {
-                    let positioned = Publication {
-                        position: Some((offset, &epoch)),
-                        ..p.clone()
-                    };
-                    let mut wakes = Vec::new();
-                    self.deliver(&positioned, &members, &mut wakes);
-                    drop(s);
-                    wakes.into_iter().for_each(std::task::Waker::wake);
-                }
+                self.append_local(p, o, now);
             }
             BrokerMode::Remote => {
                 let prefix = &self.cfg.hub.channel_prefix;
@@ -248,6 +238,35 @@ impl Node {
                 self.with(|s| s.hub.broker_mut().publish(Outbound { call, ticket: None }));
             }
         }
+    }
+
+    /// The embedded broker's publish into a room with history: the offset
+    /// taken and the publication delivered under the room's stream lock (so
+    /// delivery order is offset order). Returns its position.
+    pub(super) fn append_local(
+        &self,
+        p: &Publication<'_>,
+        o: &HistoryOpts,
+        now: Duration,
+    ) -> (u64, Box<str>) {
+        let stream = self.memory.stream(p.room, || self.new_epoch());
+        let mut s = lock(&stream);
+        let epoch: Box<str> = s.epoch.clone();
+        let (offset, _) = s.append(o.size, o.ttl, now, |offset| {
+            Bytes::from(envelope::encode_positioned(p, offset, &epoch))
+        });
+        let members = self.inspect(|h| h.members(p.room));
+        if let Some(members) = members {
+            let positioned = Publication {
+                position: Some((offset, &epoch)),
+                ..p.clone()
+            };
+            let mut wakes = Vec::new();
+            self.deliver(&positioned, &members, &mut wakes);
+            drop(s);
+            wakes.into_iter().for_each(std::task::Waker::wake);
+        }
+        (offset, epoch)
     }
 
     /// A Centrifugo-protocol subscribe to a room with history: joined, and
@@ -508,6 +527,7 @@ impl Node {
                 let reply = reply.filter(|r| !matches!(r, Reply::Error(_)));
                 return self.presence_answer(p, reply);
             }
+            Waiter::Api(api) => return self.api_broker_reply(*api, reply),
             w => w,
         };
         let read = reply
@@ -525,6 +545,7 @@ impl Node {
             }
             Waiter::Heal { room } => self.healed(&room, read),
             Waiter::Presence(_) => unreachable!("answered above"),
+            Waiter::Api(_) => unreachable!("answered above"),
         }
     }
 

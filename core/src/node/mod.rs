@@ -35,6 +35,7 @@
 //! task calls [`Node::timeout`] at [`Node::deadline`].
 
 mod admission;
+mod api;
 mod centrifugo;
 pub mod history;
 pub mod limiter;
@@ -50,6 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use admission::{AcceptLog, Admitted, IoStats};
+pub use api::{ApiAnswer, ApiCall, ApiPending, ApiRequest};
 pub use outbox::{Finish, Outbox, Outgoing, Pushed, WRITE_BATCH_BYTES};
 
 use crate::auth::{Auth, ConnClaims};
@@ -111,6 +113,8 @@ pub enum Reply {
     Respond(Vec<u8>),
     /// Drop the socket at once.
     Drop,
+    /// A server API request: read its body into it, then [`Node::api`].
+    Api(ApiRequest),
 }
 
 /// What became of a broker message.
@@ -288,6 +292,8 @@ pub struct Node {
     presence: Mutex<presence::Book>,
     tickets: AtomicU64,
     epochs: AtomicU64,
+    /// The HTTP server API's counters and idempotency cache.
+    api: api::ApiState,
 }
 
 impl Node {
@@ -321,6 +327,7 @@ impl Node {
             presence: Mutex::new(presence::Book::default()),
             tickets: AtomicU64::new(1),
             epochs: AtomicU64::new(0),
+            api: api::ApiState::default(),
         }
     }
 
@@ -392,7 +399,16 @@ impl Node {
         Some(Admitted {
             head: HeadReader::new(self.cfg.serve_index),
             full,
+            api_port: false,
         })
+    }
+
+    /// [`Node::admit`] for a socket of the API's own listener
+    /// (`--api-listen`): it serves the API, not WebSockets.
+    pub fn admit_api(&self) -> Option<Admitted> {
+        let mut a = self.admit()?;
+        a.api_port = true;
+        Some(a)
     }
 
     /// `accept` failed (out of descriptors and the like): what to log, if
@@ -405,9 +421,18 @@ impl Node {
     /// when [`HeadReader::advance`] said so, or early because the read failed
     /// or the handshake timeout passed (the socket is then dropped).
     pub fn answer(&self, admitted: Admitted, now: Duration) -> Reply {
-        let Admitted { head, full } = admitted;
+        let Admitted {
+            head,
+            full,
+            api_port,
+        } = admitted;
         let (decision, mut buf) = head.into_parts();
+        if api_port && matches!(decision, Some(Decision::Upgrade(_))) {
+            self.admission.count_http();
+            return Reply::Respond(http::response(404, TEXT, b"not found\n", false));
+        }
         match decision {
+            Some(Decision::Api(head)) => self.api_admit(head, buf, full, api_port),
             Some(Decision::Upgrade(up)) => {
                 if full || self.is_stopped() {
                     self.admission.count_rejected();
@@ -516,7 +541,8 @@ impl Node {
                 http::response(status, TEXT, body, head_only)
             }
             Route::Metrics => {
-                let body = crate::metrics::render(&self.snapshot());
+                let mut body = crate::metrics::render(&self.snapshot());
+                crate::metrics::render_api(&self.api_metrics(), &mut body);
                 http::response(200, "text/plain; version=0.0.4", body.as_bytes(), head_only)
             }
             Route::Index => http::response(
