@@ -403,9 +403,17 @@ impl Subscriber {
         }
     }
 
-    /// How many messages arrived so far.
+    /// Room messages so far: presence's join/leave events, which ride the
+    /// same channel, are not counted (see [`Self::payloads`] for all).
     pub fn count(&self) -> usize {
-        self.got.lock().unwrap().len()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                !p.starts_with(br#"{"type":"join""#) && !p.starts_with(br#"{"type":"leave""#)
+            })
+            .count()
     }
 
     /// Every payload so far, in arrival order.

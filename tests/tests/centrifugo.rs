@@ -532,11 +532,13 @@ fn error_replies(rt: Runtime) {
     assert_error(&e, 107, "bad request", "publish without data");
     assert_eq!(bad_commands(&node, "missing_field"), 3);
 
-    // Not available here.
-    for method in ["presence", "presence_stats"] {
-        let e = c.err(method, json!({"channel": a}));
-        assert_error(&e, 108, "not available", method);
-    }
+    // Open mode's rooms track presence: this client is there.
+    let p = c.ok("presence", json!({"channel": a}));
+    assert!(p["presence"][c.client_id()].is_object(), "{p}");
+    assert_eq!(
+        c.ok("presence_stats", json!({"channel": a})),
+        json!({"num_clients": 1, "num_users": 1})
+    );
     // Open mode's rooms keep history: the position, no publications yet.
     let h = c.ok("history", json!({"channel": a}));
     assert!(h["epoch"].is_string(), "{h}");

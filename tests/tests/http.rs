@@ -46,7 +46,10 @@ fn healthz_follows_redis(rt: Runtime) {
 /// /metrics counts connections, rooms, deliveries and bad frames by reason.
 fn metrics_count_what_happened(rt: Runtime) {
     let redis = RedisServer::start();
-    let node = Node::redis(rt, &redis, &[]);
+    // Plain rooms: open mode's presence would add its joins and leaves to
+    // the broker's messages.
+    let cfg = roomcast_tests::auth::plain_config();
+    let node = Node::redis(rt, &redis, &["--config", cfg.path()]);
     let m0 = node.metrics();
     assert_eq!(m0.get("roomcast_connections"), 0);
     assert_eq!(m0.get("roomcast_rooms"), 0);

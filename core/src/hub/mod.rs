@@ -346,15 +346,21 @@ impl<M: Clone> Hub<M> {
     /// Shutdown: every connection is forgotten and returned (to be closed),
     /// and the broker session ends once what is queued has gone out.
     pub fn shutdown(&mut self) -> Vec<(ConnId, M)> {
+        let closed = self.close_all();
+        self.broker.shutdown();
+        closed
+    }
+
+    /// The first half of [`Hub::shutdown`]: every connection forgotten and
+    /// returned, nothing new admitted, the broker still running (so what
+    /// the departures cause still goes out); then `broker_mut().shutdown()`.
+    pub fn close_all(&mut self) -> Vec<(ConnId, M)> {
         self.stopped = true;
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort_unstable();
-        let closed = ids
-            .into_iter()
+        ids.into_iter()
             .filter_map(|id| self.close(id).map(|h| (id, h)))
-            .collect();
-        self.broker.shutdown();
-        closed
+            .collect()
     }
 
     pub fn is_stopped(&self) -> bool {

@@ -1091,7 +1091,10 @@ impl Node {
     /// subscription dropped, and the broker session ended once what is
     /// queued has gone out.
     pub fn shutdown(&self) {
-        let closed = self.with(|s| s.hub.shutdown());
+        // Connections first: their presence entries are removed on the
+        // way out (queued before the broker session ends).
+        let closed = self.with(|s| s.hub.close_all());
+        self.with(|s| s.hub.broker_mut().shutdown());
         for (_, peer) in closed {
             let (code, reason) = seed::shutdown_close(peer.protocol);
             let wakes = lock(&peer.outbox).close(code, reason.into(), false);

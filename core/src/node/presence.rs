@@ -250,7 +250,11 @@ impl Node {
                 let ticket = self.ticket();
                 let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, room);
                 let announce = self.join_leave_on(room, &o, count + 1);
+                let refresh = self.cfg.presence_refresh;
                 self.with(|s| {
+                    if s.presence_due.is_none() {
+                        s.presence_due = Some(s.now + refresh);
+                    }
                     let b = s.hub.broker_mut();
                     b.publish(Outbound {
                         call,
@@ -441,7 +445,7 @@ impl Node {
     /// Re-adds every entry of this node (Redis): one call per room, one
     /// pipeline for all. Called under the hub's lock.
     pub(super) fn presence_refresh(&self, s: &mut super::Shared, now: Duration) {
-        s.presence_due = Some(now + self.cfg.presence_refresh);
+        s.presence_due = None;
         if self.cfg.mode != BrokerMode::Remote {
             return;
         }
@@ -460,6 +464,11 @@ impl Node {
                 })
                 .collect()
         };
+        if calls.is_empty() {
+            // Nothing to keep alive: the next join schedules the refresh.
+            return;
+        }
+        s.presence_due = Some(now + self.cfg.presence_refresh);
         for (room, call) in calls {
             let ticket = self.ticket();
             s.hub.broker_mut().publish(Outbound {
