@@ -20,7 +20,8 @@
 # table compares them with tokio / smol of the same run. tokio-plain /
 # smol-plain: the same nodes with rooms that keep no history (a config file
 # with open mode's permissions only), to measure what history costs: the
-# defaults (open mode) keep history in every room.
+# defaults (open mode) keep history in every room and track presence;
+# tokio-hist / smol-hist keep history without presence.
 #
 # Environment: QUICK=1, REPEATS=N, SYSTEMS="seed tokio tokio-cf smol smol-cf floor",
 # IDLE_MAX=0|1, KEEP=1 (keep the temporary directory with the node logs).
@@ -102,7 +103,7 @@ LOAD="$BIN/roomcast-load"
 
 HAVE_SMOL=0
 case " $SYSTEMS " in
-  *" smol "*|*" smol-cf "*|*" smol-plain "*)
+  *" smol "*|*" smol-cf "*|*" smol-plain "*|*" smol-hist "*)
     if cargo build --release -q -p roomcast-smol 2>"$WORK/smol-build.log" && [ -x "$BIN/roomcast-smol" ]; then
       HAVE_SMOL=1
     else
@@ -113,8 +114,8 @@ esac
 RUN_SYSTEMS=()
 for s in $SYSTEMS; do
   case $s in
-    smol|smol-cf|smol-plain) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=("$s") ;;
-    seed|tokio|tokio-cf|tokio-plain|floor) RUN_SYSTEMS+=("$s") ;;
+    smol|smol-cf|smol-plain|smol-hist) [ "$HAVE_SMOL" = 1 ] && RUN_SYSTEMS+=("$s") ;;
+    seed|tokio|tokio-cf|tokio-plain|tokio-hist|floor) RUN_SYSTEMS+=("$s") ;;
     *) log "unknown system $s"; exit 2 ;;
   esac
 done
@@ -166,6 +167,10 @@ start_nodes() {
       tokio-plain|smol-plain)
         RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-${sys%-plain}" --listen "127.0.0.1:$port" \
           --redis "$REDIS_URL" --no-chat-page --config "$WORK/plain.toml" >"$logf" 2>&1 &
+        ;;
+      tokio-hist|smol-hist)
+        RUST_LOG=warn "${wrap[@]}" "$BIN/roomcast-${sys%-hist}" --listen "127.0.0.1:$port" \
+          --redis "$REDIS_URL" --no-chat-page --config "$WORK/hist.toml" >"$logf" 2>&1 &
         ;;
       floor)
         "${wrap[@]}" "$BIN/roomcast-floor" --listen "127.0.0.1:$port" >"$logf" 2>&1 &
@@ -229,6 +234,8 @@ allow_publish_for_client = true
 allow_publish_for_subscriber = true
 allow_publish_for_anonymous = true
 TOML
+# Open mode's history without its presence (the -hist systems).
+{ cat "$WORK/plain.toml"; printf 'history_size = 100\nhistory_ttl = "5m"\nforce_recovery = true\n'; } >"$WORK/hist.toml"
 # The cases the Centrifugo-protocol variants (SYSTEM-cf) run.
 CF_CASES="A A-small"
 RESULTS="$WORK/results.jsonl"

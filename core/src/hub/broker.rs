@@ -598,6 +598,12 @@ impl Broker {
                 let batch = std::mem::take(&mut self.queue);
                 self.control.push_back(BrokerOp::Publish(batch));
             }
+            // And the calls queued for the live link (a leaving node's
+            // presence removals among them).
+            if self.is_up() && !self.queries.is_empty() {
+                let q = std::mem::take(&mut self.queries);
+                self.control.push_back(BrokerOp::Query(q));
+            }
             self.control.push_back(BrokerOp::Reset(self.session));
         }
         self.counters.buffer_dropped += self.pending.len() as u64;

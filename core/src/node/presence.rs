@@ -29,7 +29,7 @@ use crate::codec::centrifugo::{self as cf, ErrorCode};
 use crate::codec::envelope;
 use crate::codec::redis::{self as r, Call, PresenceKeys, Reply};
 use crate::codec::seed::write_json_string;
-use crate::hub::{BrokerMode, ConnId, Outbound};
+use crate::hub::{BrokerMode, ConnId};
 
 /// A room's presence settings, from its namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,11 @@ fn event_payload(join: bool, room: &str, info: &str) -> Bytes {
     out.push_str(info);
     out.push('}');
     Bytes::from(out)
+}
+
+/// The PUBLISH of a join/leave on the room's channel.
+fn event_call(channel: &str, join: bool, room: &str, info: &str) -> Call {
+    Call::publish(channel, event_payload(join, room, info))
 }
 
 /// A join/leave payload from the broker: (join, room, info as compact JSON).
@@ -251,23 +256,29 @@ impl Node {
                 let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, room);
                 let announce = self.join_leave_on(room, &o, count + 1);
                 let refresh = self.cfg.presence_refresh;
-                self.with(|s| {
+                let event =
+                    announce.then(|| (self.ticket(), event_call(&channel, true, room, info)));
+                // Presence writes go only over a live link, beside the
+                // publishes but not in their buffer: while the link is
+                // down they would only crowd out messages, and the refresh
+                // when it is back writes every live entry anyway.
+                let sent = self.with(|s| {
                     if s.presence_due.is_none() {
                         s.presence_due = Some(s.now + refresh);
                     }
                     let b = s.hub.broker_mut();
-                    b.publish(Outbound {
-                        call,
-                        ticket: Some(ticket),
-                    });
-                    if announce {
-                        b.publish(Outbound::publish(&channel, event_payload(true, room, info)));
+                    let sent = b.query(ticket, call);
+                    if let Some((t, c)) = event {
+                        b.query(t, c);
                     }
+                    sent
                 });
-                lock(&self.waiters).insert(
-                    ticket,
-                    super::history::Waiter::Presence(PresenceWait::Count { room: room.into() }),
-                );
+                if sent {
+                    lock(&self.waiters).insert(
+                        ticket,
+                        super::history::Waiter::Presence(PresenceWait::Count { room: room.into() }),
+                    );
+                }
             }
         }
     }
@@ -331,14 +342,16 @@ impl Node {
                         vec![Bytes::from(client)],
                     );
                     let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, &room);
+                    let remove = self.ticket();
+                    let event = announce
+                        .then(|| (self.ticket(), event_call(&channel, false, &room, &info)));
+                    // Not sent while the link is down: the entry then
+                    // expires (no refresh keeps it).
                     self.with(|s| {
                         let b = s.hub.broker_mut();
-                        b.publish(Outbound { call, ticket: None });
-                        if announce {
-                            b.publish(Outbound::publish(
-                                &channel,
-                                event_payload(false, &room, &info),
-                            ));
+                        b.query(remove, call);
+                        if let Some((t, c)) = event {
+                            b.query(t, c);
                         }
                     });
                 }
@@ -471,14 +484,12 @@ impl Node {
         s.presence_due = Some(now + self.cfg.presence_refresh);
         for (room, call) in calls {
             let ticket = self.ticket();
-            s.hub.broker_mut().publish(Outbound {
-                call,
-                ticket: Some(ticket),
-            });
-            lock(&self.waiters).insert(
-                ticket,
-                super::history::Waiter::Presence(PresenceWait::Count { room }),
-            );
+            if s.hub.broker_mut().query(ticket, call) {
+                lock(&self.waiters).insert(
+                    ticket,
+                    super::history::Waiter::Presence(PresenceWait::Count { room }),
+                );
+            }
         }
         add(&self.stats.presence_refreshes, 1);
     }

@@ -20,6 +20,10 @@ fn sub(room: &str) -> String {
     format!(r#"{{"type":"SUBSCRIBE","room":"{room}"}}"#)
 }
 
+fn unsub(room: &str) -> String {
+    format!(r#"{{"type":"UNSUBSCRIBE","room":"{room}"}}"#)
+}
+
 fn send(room: &str, msg: &str) -> String {
     format!(r#"{{"type":"sendMessage","roomId":"{room}","message":"{msg}"}}"#)
 }
@@ -229,12 +233,13 @@ fn remote_mode_comes_up_only_after_its_probe_and_wakes_the_broker_task() {
         panic!("no work after the join")
     };
     assert_eq!(ops[0], BrokerOp::Subscribe(vec!["r".into()]));
-    // Open mode's rooms track presence: the join is written, and announced.
-    let BrokerOp::Publish(p) = &ops[1] else {
+    // Open mode's rooms track presence: the join is written, and
+    // announced, over the live link (not through the publish buffer).
+    let BrokerOp::Query(q) = &ops[1] else {
         panic!("{ops:?}")
     };
-    assert_eq!(p[0].call.name(), b"EVALSHA");
-    assert_eq!(p[1].call.name(), b"PUBLISH");
+    assert_eq!(q[0].1.name(), b"EVALSHA");
+    assert_eq!(q[1].1.name(), b"PUBLISH");
 }
 
 #[test]
@@ -1081,13 +1086,16 @@ fn read_reply(top: u64, epoch: &str, entries: &[(u64, &Bytes)]) -> crate::codec:
     ])
 }
 
+/// The history reads among `ops` (presence writes ride the same lane).
 fn queries(ops: &[BrokerOp]) -> Vec<(crate::hub::Ticket, crate::codec::redis::Call)> {
+    let history = crate::codec::redis::HISTORY_SCRIPT.sha1();
     ops.iter()
         .filter_map(|op| match op {
             BrokerOp::Query(q) => Some(q.clone()),
             _ => None,
         })
         .flatten()
+        .filter(|(_, c)| c.0.get(1).is_some_and(|sha| sha[..] == *history.as_bytes()))
         .collect()
 }
 
@@ -1492,4 +1500,169 @@ fn a_loss_after_a_heal_was_asked_for_is_healed_too() {
         Arrive,
         Answer,
     ]);
+}
+
+// ----- presence under any sequence -----
+
+#[derive(Debug, Clone)]
+enum PStep {
+    Open {
+        seed: bool,
+    },
+    Subscribe(usize),
+    Unsubscribe(usize),
+    Close(usize),
+    /// The connection's outbox overflows: closed as a slow consumer.
+    Slow(usize),
+}
+
+fn pstep() -> impl proptest::strategy::Strategy<Value = PStep> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => any::<bool>().prop_map(|seed| PStep::Open { seed }),
+        4 => (0..6usize).prop_map(PStep::Subscribe),
+        2 => (0..6usize).prop_map(PStep::Unsubscribe),
+        1 => (0..6usize).prop_map(PStep::Close),
+        1 => (0..6usize).prop_map(PStep::Slow),
+    ]
+}
+
+fn run_presence_property(steps: Vec<PStep>) {
+    let n = local(HubConfig::default());
+    // An observer that asks, and a listener that hears joins and leaves.
+    let obs = cf(&n);
+    cf_send(&n, &obs, r#"{"id":1,"connect":{}}"#, T0);
+    let listener = cf(&n);
+    cf_send(&n, &listener, r#"{"id":1,"connect":{}}"#, T0);
+    cf_send(
+        &n,
+        &listener,
+        r#"{"id":2,"subscribe":{"channel":"r","join_leave":true}}"#,
+        T0,
+    );
+    let client_of = |c: &Conn| format!("node-{}", c.id().0);
+    use std::collections::BTreeSet;
+    let mut heard: BTreeSet<String> = BTreeSet::new();
+    let _ = texts(&n, &obs);
+    for t in texts(&n, &listener) {
+        if t.contains(r#""join""#) {
+            heard.insert(client_of(&listener));
+        }
+    }
+    // (conn, seed?, subscribed?, open?)
+    let mut conns: Vec<(Conn, bool, bool, bool)> = Vec::new();
+    let mut id = 10u32;
+    for step in steps {
+        match step {
+            PStep::Open { seed } => {
+                let c = if seed {
+                    open(&n)
+                } else {
+                    let c = cf(&n);
+                    cf_send(&n, &c, r#"{"id":1,"connect":{}}"#, T0);
+                    c
+                };
+                conns.push((c, seed, false, true));
+            }
+            PStep::Subscribe(i) | PStep::Unsubscribe(i) | PStep::Close(i) | PStep::Slow(i) => {
+                let Some((c, seed, subbed, live)) = conns.get_mut(i) else {
+                    continue;
+                };
+                if !*live {
+                    continue;
+                }
+                id += 1;
+                match step {
+                    PStep::Subscribe(_) => {
+                        if *seed {
+                            text(&n, c, &sub("r"));
+                        } else {
+                            cf_send(
+                                &n,
+                                c,
+                                &format!(r#"{{"id":{id},"subscribe":{{"channel":"r"}}}}"#),
+                                T0,
+                            );
+                        }
+                        *subbed = true;
+                    }
+                    PStep::Unsubscribe(_) => {
+                        if *seed {
+                            text(&n, c, &unsub("r"));
+                        } else {
+                            cf_send(
+                                &n,
+                                c,
+                                &format!(r#"{{"id":{id},"unsubscribe":{{"channel":"r"}}}}"#),
+                                T0,
+                            );
+                        }
+                        *subbed = false;
+                    }
+                    PStep::Close(_) => {
+                        n.closed(c.clone());
+                        *subbed = false;
+                        *live = false;
+                    }
+                    _ => {
+                        n.outbound_full(c);
+                        *subbed = false;
+                        *live = false;
+                    }
+                }
+            }
+        }
+        // Drain every client (none becomes slow).
+        for (c, seed, _, live) in &conns {
+            if *live && !*seed {
+                let _ = texts(&n, c);
+            } else if *live {
+                let _ = n.queued_frames(c);
+            }
+        }
+        let mut want: BTreeSet<String> = conns
+            .iter()
+            .filter(|(_, _, s, l)| *s && *l)
+            .map(|(c, ..)| client_of(c))
+            .collect();
+        want.insert(client_of(&listener));
+        id += 1;
+        cf_send(
+            &n,
+            &obs,
+            &format!(r#"{{"id":{id},"presence":{{"channel":"r"}}}}"#),
+            T0,
+        );
+        let got = texts(&n, &obs);
+        let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        let listed: BTreeSet<String> = v["presence"]["presence"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(listed, want, "presence after {step:?}");
+        for t in texts(&n, &listener) {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let push = &v["push"];
+            if let Some(j) = push.get("join") {
+                let c = j["info"]["client"].as_str().unwrap().to_string();
+                assert!(heard.insert(c), "a join twice: {t}");
+            } else if let Some(l) = push.get("leave") {
+                let c = l["info"]["client"].as_str().unwrap().to_string();
+                assert!(heard.remove(&c), "a leave without a join: {t}");
+            }
+        }
+        assert_eq!(heard, want, "what the listener heard after {step:?}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    #[test]
+    fn presence_is_the_set_of_live_subscribers_and_join_leave_tell_it(
+        steps in proptest::collection::vec(pstep(), 1..60)
+    ) {
+        run_presence_property(steps);
+    }
 }
