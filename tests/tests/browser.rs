@@ -4,7 +4,9 @@
 //! node 1 on tokio, node 2 on smol (on tokio too without the `smol`
 //! feature), so each runtime serves the page and a browser's WebSocket.
 //! Page A on node 1 and page B on node 2 join the same room and chat both
-//! ways; page C joins later and is shown the room's history; page A's
+//! ways, and list each other in the room's member list (presence with
+//! join/leave pushes: B leaving and joining again, and C's browser going,
+//! show on the other pages); page C joins later and is shown the room's history; page A's
 //! socket is cut while B talks, and A comes back showing what it missed
 //! (recovered), then, away for longer than node 1 recovers, says that some
 //! messages may be missing and shows them from history; finally node 1
@@ -188,15 +190,37 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         [(line_a.clone(), false), (line_b.clone(), true)],
         "page B"
     );
-    // The member list: presence, where the node answers it, or a quiet
-    // note where it does not (yet).
-    for (page, me) in [(&a, "alice (you)"), (&b, "bob (you)")] {
-        let p = wait_page(page, "the member list is settled", |p| {
-            p.members_note == "member list unavailable" || p.members.iter().any(|m| m == me)
-        })
-        .await;
+    // The member list (presence across the two nodes): each page lists
+    // itself first, then the other, named from its messages.
+    for (page, want) in [(&a, ["alice (you)", "bob"]), (&b, ["bob (you)", "alice"])] {
+        let p = wait_page(page, "the member list shows both", |p| p.members == want).await;
         assert_eq!(p.members_title, format!("Members of {ROOM}"));
+        assert_eq!(p.members_note, "", "{p:?}");
     }
+    // B leaves the room (unsubscribe): A's list drops it at once (a leave
+    // push from node 2 through Redis, which only a subscribe with
+    // `join_leave: true` gets); B joins again: A's list has it back
+    // (a join push), and B's log shows no line twice.
+    click(&b, "leave").await;
+    wait_page(&a, "page A's list drops B", |p| {
+        p.members == ["alice (you)"]
+    })
+    .await;
+    wait_page(&b, "page B is in no room", |p| p.rooms.is_empty()).await;
+    fill(&b, "room", ROOM).await;
+    click(&b, "join").await;
+    wait_page(&a, "page A's list has B again", |p| {
+        p.members == ["alice (you)", "bob"]
+    })
+    .await;
+    let p = wait_page(&b, "page B is back in the room", |p| {
+        p.subscribed && p.members == ["bob (you)", "alice"]
+    })
+    .await;
+    assert_eq!(
+        p.messages, shown_b.messages,
+        "page B after leaving and joining again"
+    );
 
     let shots = screenshot_dir();
     screenshot(&a, &shots.join("page-a.png")).await;
@@ -220,9 +244,29 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         [(line_a.clone(), false), (line_b.clone(), false)],
         "page C"
     );
+    // C is listed on both other pages (no messages from it yet: by its
+    // client id), and lists them.
+    let guest = |m: &String| m.starts_with("guest (") && m.ends_with(')');
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        let p = wait_page(page, &format!("{what} lists C"), |p| p.members.len() == 3).await;
+        assert!(guest(&p.members[2]), "{what}: {:?}", p.members);
+    }
+    wait_page(&c, "page C lists all three", |p| {
+        p.members == ["carol (you)", "alice", "bob"]
+    })
+    .await;
     screenshot(&c, &shots.join("page-c-history.png")).await;
     assert_quiet_console(&c, "page C").await;
+    // C's browser goes: its connection's end is a leave on both nodes.
     bounded("end session C", c.close()).await;
+    wait_page(&a, "page A's list drops C", |p| {
+        p.members == ["alice (you)", "bob"]
+    })
+    .await;
+    wait_page(&b, "page B's list drops C", |p| {
+        p.members == ["bob (you)", "alice"]
+    })
+    .await;
 
     // Page A loses its socket; B talks meanwhile; A comes back and shows
     // what it missed, recovered from the room's history.
