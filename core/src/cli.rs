@@ -223,6 +223,13 @@ pub struct Cli {
     /// 503) instead of 200 with an error body (Centrifugo's default).
     #[arg(long, env = "ROOMCAST_API_HTTP_ERRORS")]
     pub api_http_errors: bool,
+
+    /// Serve the admin page at GET /admin, on the port of the server API
+    /// (--api-listen if set). The page holds no data: it asks for the API
+    /// key and sends it (X-API-Key) with every API call. Needs the API on
+    /// (an API key, or --api-insecure).
+    #[arg(long, env = "ROOMCAST_ADMIN")]
+    pub admin: bool,
 }
 
 impl Cli {
@@ -303,6 +310,7 @@ impl Cli {
                 max_body: self.api_max_body,
                 http_errors: self.api_http_errors,
                 own_listener: self.api_listen.is_some(),
+                admin: self.admin,
                 ..Default::default()
             },
         }
@@ -345,6 +353,11 @@ impl Cli {
         } else {
             format!("; chat page at http://{listen}/")
         };
+        let admin = match (self.admin, self.api_listen) {
+            (false, _) => String::new(),
+            (true, Some(api)) => format!("; admin page at http://{api}/admin"),
+            (true, None) => format!("; admin page at http://{listen}/admin"),
+        };
         let mode = if self.config.is_none()
             && self.token_hmac_secret.is_none()
             && self.token_hmac_secret_file.is_none()
@@ -354,7 +367,7 @@ impl Cli {
         } else {
             ""
         };
-        format!("roomcast listening on ws://{listen} using {broker}{page}{mode}")
+        format!("roomcast listening on ws://{listen} using {broker}{page}{admin}{mode}")
     }
 }
 

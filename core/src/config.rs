@@ -183,6 +183,9 @@ pub struct ApiConfig {
     pub own_listener: bool,
     /// Requests one kept-alive connection may carry before it is closed.
     pub max_requests_per_conn: u32,
+    /// Serve the admin page at `GET /admin` (`--admin`), on the port that
+    /// serves the API (the page calls it from the same origin).
+    pub admin: bool,
 }
 
 impl Default for ApiConfig {
@@ -193,6 +196,7 @@ impl Default for ApiConfig {
             http_errors: false,
             own_listener: false,
             max_requests_per_conn: 1000,
+            admin: false,
         }
     }
 }

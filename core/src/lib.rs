@@ -61,3 +61,7 @@ pub use node::{
 
 /// The chat page served at `GET /` (HTML, CSS and JS in one file).
 pub const CHAT_PAGE: &str = include_str!("../assets/chat.html");
+
+/// The admin page (`GET /admin` with `--admin`): one self-contained file
+/// that reads the fleet from the server API and `/metrics`.
+pub const ADMIN_PAGE: &str = include_str!("../assets/admin.html");

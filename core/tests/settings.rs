@@ -635,6 +635,7 @@ api_listen = "127.0.0.1:9001"
 api_insecure = true
 api_max_body = 4096
 api_http_errors = true
+admin = true
 "#,
     );
     assert_eq!(s.flags.len(), FLAG_KEYS.len(), "the file sets every flag");
@@ -677,6 +678,7 @@ api_http_errors = true
     assert!(cli.api_insecure);
     assert_eq!(cli.api_max_body, 4096);
     assert!(cli.api_http_errors);
+    assert!(cli.admin);
     assert!(cli.check().is_ok(), "insecure on a loopback --api-listen");
 }
 

@@ -176,7 +176,13 @@ struct Shared<R: Runtime> {
 pub fn check(cli: &Cli) -> io::Result<Option<redis::Client>> {
     cli.check()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    load_auth(cli)?;
+    let auth = load_auth(cli)?;
+    if cli.admin && !cli.api_insecure && !auth.api_key_configured() {
+        return Err(invalid(
+            "--admin needs the server API on: give it a key (--api-key-file, --api-key \
+             or api_key in the config file), or --api-insecure on a loopback --api-listen",
+        ));
+    }
     redis_client(cli)
 }
 

@@ -55,6 +55,8 @@ fn status(route: Route) -> &'static [u16] {
     match route {
         Route::Health => &[200, 503],
         Route::Metrics | Route::Index => &[200],
+        // 404 where the admin page is off.
+        Route::Admin => &[200, 404],
         Route::NotFound => &[404],
         Route::MethodNotAllowed | Route::ApiMethodNotAllowed => &[405],
         Route::LengthRequired => &[411],
@@ -71,7 +73,10 @@ fn status(route: Route) -> &'static [u16] {
 fn answer(route: Route, head_only: bool) -> Vec<u8> {
     fixed_response(route, head_only).unwrap_or_else(|| {
         assert!(
-            matches!(route, Route::Health | Route::Metrics | Route::Index),
+            matches!(
+                route,
+                Route::Health | Route::Metrics | Route::Index | Route::Admin
+            ),
             "no response for {route:?}"
         );
         response(200, "text/plain", b"ok\n", head_only)

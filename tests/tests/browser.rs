@@ -4,7 +4,9 @@
 //! node 1 on tokio, node 2 on smol (on tokio too without the `smol`
 //! feature), so each runtime serves the page and a browser's WebSocket.
 //! Page A on node 1 and page B on node 2 join the same room and chat both
-//! ways; page C joins later and is shown the room's history; page A's
+//! ways, and list each other in the room's member list (presence with
+//! join/leave pushes: B leaving and joining again, and C's browser going,
+//! show on the other pages); page C joins later and is shown the room's history; page A's
 //! socket is cut while B talks, and A comes back showing what it missed
 //! (recovered), then, away for longer than node 1 recovers, says that some
 //! messages may be missing and shows them from history; finally node 1
@@ -23,6 +25,21 @@
 //! its own on another port) and checks that its `new WebSocket(…)` to a node
 //! fails unless the node's `--allowed-origins` lets that origin in, on both
 //! runtimes and both protocols' paths.
+//!
+//! The admin page (`GET /admin`, `--admin`) on two nodes: refused with a
+//! wrong key, then live; it shows the nodes and rooms the API lists, its
+//! numbers and charts move when messages flow, the search narrows the
+//! rooms, a room shows its history and presence as the API answers them,
+//! and a message published from it reaches both chat pages (`admin.png`,
+//! `admin-chat-a.png`).
+//!
+//! The real `centrifuge` SDK (npm, its browser build, installed by
+//! `tests/sdk/install.sh js` and served by the test from an origin of its
+//! own, which the nodes allow with `--allowed-origins`) connects, subscribes,
+//! publishes and receives across two nodes, asks presence, presence stats
+//! and history, sees a join and a leave, and recovers what it missed while
+//! its transport was down (`sdk.png`); a node that does not allow the origin
+//! never lets it connect.
 //!
 //! Needs `chromium` and `chromedriver` on PATH (Debian packages `chromium`
 //! and `chromium-driver`, which `.ci/run` installs); without them the test
@@ -69,6 +86,16 @@ fn chat_page_asks_for_a_token() {
 #[test]
 fn cross_origin_page_needs_allowed_origins() {
     in_chromium("cross-origin", cross_origin);
+}
+
+#[test]
+fn admin_page_shows_the_fleet_in_chromium() {
+    in_chromium("admin", admin);
+}
+
+#[test]
+fn centrifuge_sdk_in_chromium() {
+    in_chromium("sdk", sdk_in_browser);
 }
 
 /// Runs `scenario` (on a tokio runtime of its own, on a thread of its own,
@@ -188,15 +215,37 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         [(line_a.clone(), false), (line_b.clone(), true)],
         "page B"
     );
-    // The member list: presence, where the node answers it, or a quiet
-    // note where it does not (yet).
-    for (page, me) in [(&a, "alice (you)"), (&b, "bob (you)")] {
-        let p = wait_page(page, "the member list is settled", |p| {
-            p.members_note == "member list unavailable" || p.members.iter().any(|m| m == me)
-        })
-        .await;
+    // The member list (presence across the two nodes): each page lists
+    // itself first, then the other, named from its messages.
+    for (page, want) in [(&a, ["alice (you)", "bob"]), (&b, ["bob (you)", "alice"])] {
+        let p = wait_page(page, "the member list shows both", |p| p.members == want).await;
         assert_eq!(p.members_title, format!("Members of {ROOM}"));
+        assert_eq!(p.members_note, "", "{p:?}");
     }
+    // B leaves the room (unsubscribe): A's list drops it at once (a leave
+    // push from node 2 through Redis, which only a subscribe with
+    // `join_leave: true` gets); B joins again: A's list has it back
+    // (a join push), and B's log shows no line twice.
+    click(&b, "leave").await;
+    wait_page(&a, "page A's list drops B", |p| {
+        p.members == ["alice (you)"]
+    })
+    .await;
+    wait_page(&b, "page B is in no room", |p| p.rooms.is_empty()).await;
+    fill(&b, "room", ROOM).await;
+    click(&b, "join").await;
+    wait_page(&a, "page A's list has B again", |p| {
+        p.members == ["alice (you)", "bob"]
+    })
+    .await;
+    let p = wait_page(&b, "page B is back in the room", |p| {
+        p.subscribed && p.members == ["bob (you)", "alice"]
+    })
+    .await;
+    assert_eq!(
+        p.messages, shown_b.messages,
+        "page B after leaving and joining again"
+    );
 
     let shots = screenshot_dir();
     screenshot(&a, &shots.join("page-a.png")).await;
@@ -220,9 +269,29 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         [(line_a.clone(), false), (line_b.clone(), false)],
         "page C"
     );
+    // C is listed on both other pages (no messages from it yet: by its
+    // client id), and lists them.
+    let guest = |m: &String| m.starts_with("guest (") && m.ends_with(')');
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        let p = wait_page(page, &format!("{what} lists C"), |p| p.members.len() == 3).await;
+        assert!(guest(&p.members[2]), "{what}: {:?}", p.members);
+    }
+    wait_page(&c, "page C lists all three", |p| {
+        p.members == ["carol (you)", "alice", "bob"]
+    })
+    .await;
     screenshot(&c, &shots.join("page-c-history.png")).await;
     assert_quiet_console(&c, "page C").await;
+    // C's browser goes: its connection's end is a leave on both nodes.
     bounded("end session C", c.close()).await;
+    wait_page(&a, "page A's list drops C", |p| {
+        p.members == ["alice (you)", "bob"]
+    })
+    .await;
+    wait_page(&b, "page B's list drops C", |p| {
+        p.members == ["bob (you)", "alice"]
+    })
+    .await;
 
     // Page A loses its socket; B talks meanwhile; A comes back and shows
     // what it missed, recovered from the room's history.
@@ -551,8 +620,9 @@ ws.onerror = () => { clearTimeout(timer); done("error"); };
 const ELSEWHERE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\">\
 <title>elsewhere</title></head><body>a page of another origin</body></html>";
 
-/// A tiny HTTP server on 127.0.0.1 (a port of its own) answering every
-/// request with [`ELSEWHERE_PAGE`]. Dropping it stops it.
+/// A tiny HTTP server on 127.0.0.1 (a port of its own) answering each of
+/// its routes' paths with that route's body, and every other request with
+/// [`ELSEWHERE_PAGE`]. Dropping it stops it.
 struct PageServer {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -562,6 +632,12 @@ struct PageServer {
 
 impl PageServer {
     fn start() -> PageServer {
+        PageServer::with_routes(Vec::new())
+    }
+
+    /// `routes`: (path, content type, body).
+    fn with_routes(routes: Vec<(&'static str, &'static str, Vec<u8>)>) -> PageServer {
+        let routes = Arc::new(routes);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the page server");
         listener
             .set_nonblocking(true)
@@ -575,7 +651,7 @@ impl PageServer {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => {
-                            serve_page(s);
+                            serve_page(s, &routes);
                             served.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -601,8 +677,9 @@ impl PageServer {
     }
 }
 
-/// Reads one request head (bounded) and answers with the page.
-fn serve_page(mut s: TcpStream) {
+/// Reads one request head (bounded) and answers with its route's body, or
+/// the page.
+fn serve_page(mut s: TcpStream, routes: &[(&'static str, &'static str, Vec<u8>)]) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
@@ -614,12 +691,19 @@ fn serve_page(mut s: TcpStream) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split(' ').nth(1).unwrap_or("/");
+    let (content_type, body) = routes.iter().find(|(p, _, _)| *p == path).map_or(
+        ("text/html; charset=utf-8", ELSEWHERE_PAGE.as_bytes()),
+        |(_, t, b)| (*t, b.as_slice()),
+    );
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
-         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{ELSEWHERE_PAGE}",
-        ELSEWHERE_PAGE.len()
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
     );
     let _ = s.write_all(response.as_bytes());
+    let _ = s.write_all(body);
 }
 
 impl Drop for PageServer {
@@ -629,6 +713,655 @@ impl Drop for PageServer {
             let _ = t.join();
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The admin page
+// ---------------------------------------------------------------------------
+
+const API_KEY: &str = "browser-admin-key-93e1";
+const ADMIN_ROOM: &str = "admin-room";
+
+/// `POST /api/<method>` with the key: the JSON answer (a result or an
+/// error), as a script sees it.
+fn api_call(addr: std::net::SocketAddr, method: &str, body: Value) -> Value {
+    let body = body.to_string();
+    let raw = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-API-Key: {API_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = roomcast_tests::http_request(addr, raw.as_bytes());
+    assert_eq!(r.status, 200, "{method}: {r:?}");
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{method}: {e}: {}", r.body))
+}
+
+/// Two nodes with the admin page; two chat pages in a room, one on each;
+/// the admin page on node 1: refused with a wrong key, then live with the
+/// right one; it shows the nodes and rooms the API lists, its numbers move
+/// when messages flow, a search narrows the rooms, a room shows what the
+/// API says of its presence and its last messages, and a message published
+/// from the admin page reaches both chat pages. A node without `--admin`
+/// answers `/admin` with 404.
+async fn admin(webdriver: &str, chromium: &Path, profiles: &Path) {
+    let plain = Node::embedded(Runtime::Tokio, &["--api-key", API_KEY]);
+    for path in ["/admin", "/admin/"] {
+        assert_eq!(plain.get(path).status, 404, "{path} without --admin");
+    }
+    drop(plain);
+
+    let redis = RedisServer::start();
+    let flags = ["--admin", "--api-key", API_KEY];
+    let n1 = Node::redis(Runtime::Tokio, &redis, &flags);
+    let n2 = Node::redis(*Runtime::ALL.last().expect("a runtime"), &redis, &flags);
+    let r = n1.get("/admin");
+    assert_eq!(r.status, 200);
+    let head = r.head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+
+    // The chat: alice on node 1, bob on node 2, in one room.
+    let a = open_browser(webdriver, chromium, &profiles.join("a")).await;
+    let b = open_browser(webdriver, chromium, &profiles.join("b")).await;
+    for (page, node, name) in [(&a, &n1, "alice"), (&b, &n2, "bob")] {
+        bounded(
+            "open a chat page",
+            page.goto(&format!("http://{}/", node.addr())),
+        )
+        .await;
+        wait_page(page, "the chat page is connected", |p| p.is_open()).await;
+        fill(page, "name", name).await;
+        fill(page, "room", ADMIN_ROOM).await;
+        click(page, "join").await;
+        wait_page(page, "the chat page is in the room", |p| p.subscribed).await;
+    }
+    redis.wait_numsub(ADMIN_ROOM, 2);
+
+    let admin = open_browser(webdriver, chromium, &profiles.join("admin")).await;
+    bounded("a wide window", admin.set_window_size(1280, 1000)).await;
+    let url = format!("http://{}/admin", n1.addr());
+    bounded("open the admin page", admin.goto(&url)).await;
+    assert_eq!(bounded("its title", admin.title()).await, "roomcast admin");
+    let v = admin_page(&admin).await;
+    assert_eq!(v["status"], "enter the API key", "{v}");
+    assert_eq!(v["polls"], 0, "nothing is asked without a key: {v}");
+
+    // A wrong key: refused, said so, no polling.
+    fill(&admin, "key", "not-the-key\u{E007}").await;
+    let v = wait_admin(&admin, "the admin page says the key is wrong", |v| {
+        v["status"] == "refused"
+    })
+    .await;
+    assert!(v["keyerr"].as_str().unwrap_or("").contains("401"), "{v}");
+    assert!(
+        n1.metric("roomcast_api_unauthorized_total") > 0,
+        "the node counted the refusal"
+    );
+    // (Chromium logs the 401s: read them away.)
+    let _ = bounded("read the console log", admin.issue_cmd(BrowserLog)).await;
+
+    fill(&admin, "key", &format!("{API_KEY}\u{E007}")).await;
+    let v = wait_admin(&admin, "the admin page is live", |v| {
+        v["status"] == "live" && v["polls"].as_u64() >= Some(2) && v["rate"] != ""
+    })
+    .await;
+    assert_eq!(v["redis"], "up", "{v}");
+
+    // The nodes are those the API lists (node 1's own answer, or the
+    // fleet's), and node 1 is one of them: its id is the prefix of its
+    // clients' ids.
+    let info = api_call(n1.addr(), "info", json!({}));
+    let mut listed: Vec<String> = info["result"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("info: {info}"))
+        .iter()
+        .map(|n| n["uid"].as_str().expect("a uid").to_string())
+        .collect();
+    listed.sort();
+    let state = bounded(
+        "page A's client",
+        a.execute("return window.__roomcast.state();", vec![]),
+    )
+    .await;
+    let client_a = state["client"].as_str().expect("a client id").to_string();
+    let v = wait_admin(&admin, "the admin page shows the API's nodes", |v| {
+        let mut shown: Vec<String> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n["uid"].as_str().unwrap_or("").to_string())
+            .collect();
+        shown.sort();
+        shown == listed
+    })
+    .await;
+    assert!(
+        listed
+            .iter()
+            .any(|uid| client_a.starts_with(&format!("{uid}-"))),
+        "node 1 ({client_a}) among {listed:?}"
+    );
+    assert_eq!(v["tiles"]["nodes"], listed.len().to_string(), "{v}");
+
+    // The room, with the count the API gives it.
+    let chans = api_call(n1.addr(), "channels", json!({}));
+    let count = chans["result"]["channels"][ADMIN_ROOM]["num_clients"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("channels: {chans}"));
+    assert!(count >= 1, "{chans}");
+    let v = wait_admin(&admin, "the admin page lists the room", |v| {
+        v["rooms"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r[0] == ADMIN_ROOM && number(&r[1]) == count)
+        })
+    })
+    .await;
+    assert!(
+        v["roomsCount"].as_str().unwrap_or("").contains("1 rooms"),
+        "{v}"
+    );
+
+    // Messages flow: this node's deliveries and their rate move.
+    let before: u64 = number(&v["tiles"]["deliveries"]);
+    for i in 1..=5 {
+        let text = format!("flow #{i}");
+        fill(&b, "text", &text).await;
+        click(&b, "send").await;
+        let line = format!("[{ADMIN_ROOM}] bob: {text}");
+        wait_page(&a, "page A shows the flow", |p| p.has(&line)).await;
+    }
+    let v = wait_admin(&admin, "the admin page's numbers move", |v| {
+        number(&v["tiles"]["deliveries"]) >= before + 5 && v["rateValue"].as_f64() > Some(0.0)
+    })
+    .await;
+    assert!(
+        v["ratePoints"].as_u64() >= Some(2),
+        "the rate chart has points: {v}"
+    );
+    assert!(v["clientPoints"].as_u64() >= Some(3), "{v}");
+    assert!(
+        v["rateMax"].as_f64() > Some(0.0),
+        "the rate chart rose: {v}"
+    );
+
+    // The search narrows the rooms.
+    fill(&admin, "search", "zzz-none").await;
+    wait_admin(&admin, "no room matches", |v| {
+        v["rooms"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0][0] == "no room matches")
+    })
+    .await;
+    fill(&admin, "search", "ADMIN-r").await;
+    wait_admin(&admin, "the search finds the room", |v| {
+        v["rooms"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0][0] == ADMIN_ROOM)
+    })
+    .await;
+
+    // The room: its last messages (history) and its presence, as the API
+    // answers them.
+    click_room(&admin, ADMIN_ROOM).await;
+    let v = wait_admin(&admin, "the admin page shows the room's history", |v| {
+        v["history"].as_array().is_some_and(|h| h.len() == 5)
+    })
+    .await;
+    assert_eq!(v["roomTitle"], format!("Room {ADMIN_ROOM}"));
+    let newest = v["history"][0].as_str().unwrap_or("");
+    assert!(newest.ends_with("bob: flow #5"), "newest first: {v}");
+    let presence = api_call(n1.addr(), "presence", json!({"channel": ADMIN_ROOM}));
+    let v = match presence.get("result") {
+        Some(r) => {
+            let mut want: Vec<String> = r["presence"]
+                .as_object()
+                .unwrap_or_else(|| panic!("presence: {presence}"))
+                .keys()
+                .cloned()
+                .collect();
+            want.sort();
+            assert!(want.contains(&client_a), "{presence}");
+            wait_admin(&admin, "the admin page shows the room's presence", |v| {
+                let mut got: Vec<String> = v["presence"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.as_str().unwrap_or("").to_string())
+                    .collect();
+                got.sort();
+                got == want
+            })
+            .await
+        }
+        None => {
+            let e = &presence["error"];
+            let want = format!(
+                "presence: {} ({})",
+                e["message"].as_str().unwrap_or(""),
+                e["code"]
+            );
+            wait_admin(&admin, "the admin page says why presence is missing", |v| {
+                v["presenceErr"] == want.as_str()
+            })
+            .await
+        }
+    };
+    let _ = v;
+
+    // Published from the admin page: both chat pages show it.
+    let text = "Hello from the admin page";
+    fill(&admin, "pub-text", &format!("{text}\u{E007}")).await;
+    let v = wait_admin(&admin, "the admin page published", |v| {
+        v["pubResult"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("published"))
+    })
+    .await;
+    assert_eq!(v["pubErr"], "", "{v}");
+    let line = format!("[{ADMIN_ROOM}] admin: {text}");
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        let p = wait_page(page, &format!("{what} shows the admin's message"), |p| {
+            p.has(&line)
+        })
+        .await;
+        assert_eq!(p.messages.last(), Some(&(line.clone(), false)), "{what}");
+    }
+    wait_admin(&admin, "the room's history has it", |v| {
+        v["history"][0]
+            .as_str()
+            .is_some_and(|h| h.ends_with(&format!("admin: {text}")))
+    })
+    .await;
+    let shots = screenshot_dir();
+    bounded(
+        "scroll to the top",
+        admin.execute("window.scrollTo(0, 0);", vec![]),
+    )
+    .await;
+    screenshot(&admin, &shots.join("admin.png")).await;
+    screenshot(&a, &shots.join("admin-chat-a.png")).await;
+    // Raw JSON that is not JSON is refused in the page.
+    click(&admin, "pub-raw").await;
+    fill(&admin, "pub-text", "{nope\u{E007}").await;
+    wait_admin(&admin, "the page refuses bad JSON", |v| {
+        v["pubErr"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("not JSON"))
+    })
+    .await;
+
+    assert_quiet_console(&admin, "the admin page").await;
+    for (page, what) in [(&a, "page A"), (&b, "page B")] {
+        assert_quiet_console(page, what).await;
+    }
+    for (browser, what) in [(admin, "admin"), (a, "A"), (b, "B")] {
+        bounded(&format!("end session {what}"), browser.close()).await;
+    }
+    drop((n1, n2, redis));
+}
+
+/// A number as the page formats it (`1,234`).
+fn number(v: &Value) -> u64 {
+    v.as_str()
+        .unwrap_or("")
+        .replace([',', '\u{a0}', ' '], "")
+        .parse()
+        .unwrap_or(0)
+}
+
+async fn click_room(browser: &Browser, room: &str) {
+    let button = bounded(
+        "the room's button",
+        browser.find(Locator::XPath(&format!(
+            "//tbody[@id='rooms']//button[text()='{room}']"
+        ))),
+    )
+    .await;
+    bounded("click the room", button.click()).await;
+}
+
+const ADMIN_JS: &str = r##"
+const $ = (id) => document.getElementById(id);
+const st = window.__admin.state();
+const texts = (sel) => Array.from(document.querySelectorAll(sel), (e) => e.textContent);
+return {
+  status: $("status").textContent,
+  keyerr: $("keyerr").textContent,
+  polls: st.polls,
+  rateValue: st.rate,
+  tiles: {
+    nodes: $("t-nodes").textContent, clients: $("t-clients").textContent,
+    rooms: $("t-rooms").textContent, rate: $("t-rate").textContent,
+    deliveries: $("t-deliveries").textContent, redis: $("t-redis").textContent,
+  },
+  rate: $("t-rate").textContent === "–" ? "" : $("t-rate").textContent,
+  redis: $("t-redis").textContent,
+  nodes: Array.from($("nodes").querySelectorAll("tr[data-uid]"), (tr) => ({
+    uid: tr.dataset.uid, clients: tr.querySelector(".clients").textContent,
+  })),
+  rooms: Array.from($("rooms").querySelectorAll("tr"), (tr) => Array.from(tr.cells, (c) => c.textContent)),
+  roomsCount: $("rooms-count").textContent,
+  ratePoints: Number($("c-rate").dataset.points || 0),
+  rateMax: Number($("c-rate").dataset.max || 0),
+  clientPoints: Number($("c-clients").dataset.points || 0),
+  roomTitle: $("room-h").textContent,
+  presence: Array.from($("presence").querySelectorAll("li[data-client]"), (li) => li.dataset.client),
+  presenceErr: $("presence-err").textContent,
+  history: texts("#history li"),
+  historyErr: $("history-err").textContent,
+  pubErr: $("pub-err").textContent,
+  pubResult: $("pub-result").textContent,
+};
+"##;
+
+async fn admin_page(browser: &Browser) -> Value {
+    bounded("read the admin page", browser.execute(ADMIN_JS, vec![])).await
+}
+
+/// Polls the admin page until `cond` holds; panics after [`WAIT`].
+async fn wait_admin(browser: &Browser, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, async || {
+        let v = admin_page(browser).await;
+        (cond(&v).then(|| v.clone()), v)
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// The centrifuge SDK in the browser
+// ---------------------------------------------------------------------------
+
+const SDK_ROOM: &str = "sdk-room";
+
+/// The harness page: loads the SDK's browser build from its own origin and
+/// keeps every client's events in `window.events` (and on the page).
+const SDK_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8">
+<title>centrifuge in the browser</title><link rel="icon" href="data:,">
+<style>body{font:13px/1.4 ui-monospace,monospace;margin:1rem}li{white-space:pre-wrap}</style>
+<script src="/centrifuge.js"></script></head><body>
+<h1 style="font:600 16px system-ui">centrifuge SDK (npm) in Chromium, against roomcast</h1>
+<ol id="log"></ol>
+<script>
+window.events = []; window.hold = {}; window.sockets = {}; window.clients = {};
+function ev(name, type, fields) {
+  const e = Object.assign({ name, type }, fields || {});
+  window.events.push(e);
+  const li = document.createElement("li");
+  li.textContent = name + " " + type + " " + JSON.stringify(fields || {});
+  document.getElementById("log").appendChild(li);
+}
+// A WebSocket that the test can cut, and hold off (it then dials a closed
+// port) until released.
+function tracked(name) {
+  return class extends WebSocket {
+    constructor(url, protocols) {
+      super(window.hold[name] ? "ws://127.0.0.1:9/held" : url, protocols);
+      window.sockets[name] = this;
+    }
+  };
+}
+window.make = function (name, url) {
+  const c = new Centrifuge(url, { websocket: tracked(name), minReconnectDelay: 100, maxReconnectDelay: 400, name: "browser-sdk" });
+  c.on("connecting", (ctx) => ev(name, "connecting", { code: ctx.code, reason: ctx.reason }));
+  c.on("connected", (ctx) => ev(name, "connected", { client: ctx.client }));
+  c.on("disconnected", (ctx) => ev(name, "disconnected", { code: ctx.code, reason: ctx.reason }));
+  window.clients[name] = c;
+  c.connect();
+};
+window.sub = function (name, room) {
+  const s = window.clients[name].newSubscription(room, { joinLeave: true, recoverable: true, positioned: true });
+  s.on("subscribed", (ctx) => ev(name, "subscribed", { channel: room, recovered: !!ctx.recovered, wasRecovering: !!ctx.wasRecovering, offset: ctx.streamPosition ? ctx.streamPosition.offset : null }));
+  s.on("subscribing", (ctx) => ev(name, "subscribing", { channel: room, code: ctx.code }));
+  s.on("publication", (ctx) => ev(name, "publication", { channel: room, data: ctx.data, offset: ctx.offset, client: ctx.info ? ctx.info.client : null }));
+  s.on("join", (ctx) => ev(name, "join", { channel: room, client: ctx.info.client }));
+  s.on("leave", (ctx) => ev(name, "leave", { channel: room, client: ctx.info.client }));
+  s.subscribe();
+};
+// Runs a promise-returning call on a client's subscription; done({ok}|{err}).
+window.call = function (name, room, what, arg, done) {
+  const s = window.clients[name].getSubscription(room);
+  s[what](arg).then((r) => done({ ok: r === undefined ? null : r }), (e) => done({ err: String(e && (e.message || e.code) || e) }));
+};
+</script></body></html>"#;
+
+/// The real `centrifuge` SDK (npm, its browser build, served by the test
+/// from an origin of its own) in Chromium against two roomcast nodes that
+/// allow that origin: connect, subscribe, publish and receive across the
+/// nodes, presence and presence stats, join and leave, history, and
+/// recovery of what was missed while its transport was down. A node that
+/// does not allow the origin never lets it connect.
+async fn sdk_in_browser(webdriver: &str, chromium: &Path, profiles: &Path) {
+    let js = roomcast_tests::sdk::ensure_js();
+    let build = js.join("node_modules/centrifuge/dist/centrifuge.js");
+    let sdk = std::fs::read(&build).unwrap_or_else(|e| panic!("{}: {e}", build.display()));
+    let pages = PageServer::with_routes(vec![
+        (
+            "/sdk.html",
+            "text/html; charset=utf-8",
+            SDK_PAGE.as_bytes().to_vec(),
+        ),
+        ("/centrifuge.js", "text/javascript; charset=utf-8", sdk),
+    ]);
+    let origin = pages.origin();
+    let browser = open_browser(webdriver, chromium, &profiles.join("sdk")).await;
+    bounded(
+        "open the SDK page",
+        browser.goto(&format!("{origin}/sdk.html")),
+    )
+    .await;
+    let loaded = bounded(
+        "the SDK is loaded",
+        browser.execute("return typeof Centrifuge;", vec![]),
+    )
+    .await;
+    assert_eq!(
+        loaded, "function",
+        "the SDK's browser build defines Centrifuge"
+    );
+
+    // Without --allowed-origins: refused at the upgrade, never connected.
+    let strict = Node::embedded(Runtime::Tokio, &[]);
+    let ws = |n: &Node| json!(format!("ws://{}/connection/websocket", n.addr()));
+    js_run(
+        &browser,
+        "window.make('strict', arguments[0]);",
+        vec![ws(&strict)],
+    )
+    .await;
+    strict.wait_metric("roomcast_origin_refused_total", |n| n >= 2);
+    assert!(
+        sdk_events(&browser)
+            .await
+            .iter()
+            .all(|e| e["type"] != "connected"),
+        "connected through a node that does not allow the origin"
+    );
+    js_run(&browser, "window.clients.strict.disconnect();", vec![]).await;
+    drop(strict);
+
+    let redis = RedisServer::start();
+    let allow = ["--allowed-origins", &origin];
+    let n1 = Node::redis(Runtime::Tokio, &redis, &allow);
+    let n2 = Node::redis(*Runtime::ALL.last().expect("a runtime"), &redis, &allow);
+    js_run(&browser, "window.make('a', arguments[0]);", vec![ws(&n1)]).await;
+    js_run(&browser, "window.make('b', arguments[0]);", vec![ws(&n2)]).await;
+    let ca = sdk_wait(&browser, "a connects", |e| {
+        e["name"] == "a" && e["type"] == "connected"
+    })
+    .await;
+    let cb = sdk_wait(&browser, "b connects", |e| {
+        e["name"] == "b" && e["type"] == "connected"
+    })
+    .await;
+    let (client_a, client_b) = (ca["client"].clone(), cb["client"].clone());
+    for name in ["a", "b"] {
+        js_run(
+            &browser,
+            "window.sub(arguments[0], arguments[1]);",
+            vec![json!(name), json!(SDK_ROOM)],
+        )
+        .await;
+        sdk_wait(&browser, &format!("{name} subscribes"), |e| {
+            e["name"] == name && e["type"] == "subscribed"
+        })
+        .await;
+    }
+    redis.wait_numsub(SDK_ROOM, 2);
+
+    // b → a, across the nodes.
+    let got = sdk_call(
+        &browser,
+        "b",
+        "publish",
+        json!({"text": "hello from the SDK"}),
+    )
+    .await;
+    assert!(got.get("ok").is_some(), "publish: {got}");
+    let p = sdk_wait(&browser, "a receives b's publication", |e| {
+        e["name"] == "a" && e["type"] == "publication"
+    })
+    .await;
+    assert_eq!(p["data"], json!({"text": "hello from the SDK"}));
+    assert_eq!(p["client"], client_b, "the publisher's info");
+    assert!(
+        p["offset"].as_u64() > Some(0),
+        "a positioned publication: {p}"
+    );
+
+    // Presence (both nodes' clients) and its stats.
+    let got = sdk_call(&browser, "a", "presence", Value::Null).await;
+    let mut ids: Vec<&String> = got["ok"]["clients"]
+        .as_object()
+        .unwrap_or_else(|| panic!("presence: {got}"))
+        .keys()
+        .collect();
+    ids.sort();
+    let mut want = [
+        client_a.as_str().expect("a's id").to_string(),
+        client_b.as_str().expect("b's id").to_string(),
+    ];
+    want.sort();
+    assert_eq!(ids, want.iter().collect::<Vec<_>>(), "presence: {got}");
+    let got = sdk_call(&browser, "b", "presenceStats", Value::Null).await;
+    assert_eq!(got["ok"]["numClients"], 2, "presence stats: {got}");
+
+    // A third client comes and goes: a sees it join and leave.
+    js_run(&browser, "window.make('c', arguments[0]);", vec![ws(&n2)]).await;
+    let cc = sdk_wait(&browser, "c connects", |e| {
+        e["name"] == "c" && e["type"] == "connected"
+    })
+    .await;
+    js_run(
+        &browser,
+        "window.sub('c', arguments[0]);",
+        vec![json!(SDK_ROOM)],
+    )
+    .await;
+    sdk_wait(&browser, "a sees c join", |e| {
+        e["name"] == "a" && e["type"] == "join" && e["client"] == cc["client"]
+    })
+    .await;
+    js_run(&browser, "window.clients.c.disconnect();", vec![]).await;
+    sdk_wait(&browser, "a sees c leave", |e| {
+        e["name"] == "a" && e["type"] == "leave" && e["client"] == cc["client"]
+    })
+    .await;
+
+    // History.
+    let got = sdk_call(&browser, "a", "history", json!({"limit": 10})).await;
+    let pubs = got["ok"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("history: {got}"));
+    assert_eq!(pubs.len(), 1, "{got}");
+    assert_eq!(pubs[0]["data"], json!({"text": "hello from the SDK"}));
+
+    // a's transport drops (and stays away); b publishes; a comes back and
+    // recovers what it missed, in order, once.
+    js_run(
+        &browser,
+        "window.hold.a = true; window.sockets.a.close();",
+        vec![],
+    )
+    .await;
+    sdk_wait(&browser, "a is reconnecting", |e| {
+        e["name"] == "a" && e["type"] == "connecting"
+    })
+    .await;
+    let missed: Vec<Value> = (1..=3)
+        .map(|i| json!({"text": format!("missed #{i}")}))
+        .collect();
+    for m in &missed {
+        let got = sdk_call(&browser, "b", "publish", m.clone()).await;
+        assert!(got.get("ok").is_some(), "publish: {got}");
+    }
+    js_run(&browser, "window.hold.a = false;", vec![]).await;
+    let s = sdk_wait(&browser, "a resubscribes recovering", |e| {
+        e["name"] == "a" && e["type"] == "subscribed" && e["wasRecovering"] == true
+    })
+    .await;
+    assert_eq!(s["recovered"], true, "{s}");
+    let got: Vec<Value> = wait_for("a shows what it missed", async || {
+        let seen: Vec<Value> = sdk_events(&browser)
+            .await
+            .into_iter()
+            .filter(|e| e["name"] == "a" && e["type"] == "publication")
+            .map(|e| e["data"].clone())
+            .collect();
+        ((seen.len() > missed.len()).then(|| seen.clone()), seen)
+    })
+    .await;
+    assert_eq!(got[1..], missed[..], "recovered in order, each once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = sdk_events(&browser)
+        .await
+        .iter()
+        .filter(|e| e["name"] == "a" && e["type"] == "publication")
+        .count();
+    assert_eq!(n, 1 + missed.len(), "no publication twice");
+    assert!(
+        n1.metric("roomcast_recovered_total") >= 1,
+        "node 1 recovered it"
+    );
+    screenshot(&browser, &screenshot_dir().join("sdk.png")).await;
+    bounded("end the session", browser.close()).await;
+    drop((n1, n2, redis));
+}
+
+async fn js_run(browser: &Browser, script: &str, args: Vec<Value>) {
+    bounded("run in the page", browser.execute(script, args)).await;
+}
+
+async fn sdk_events(browser: &Browser) -> Vec<Value> {
+    let v = bounded(
+        "read the events",
+        browser.execute("return window.events;", vec![]),
+    )
+    .await;
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// The first event that satisfies `cond`, waited for.
+async fn sdk_wait(browser: &Browser, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, async || {
+        let events = sdk_events(browser).await;
+        (events.iter().find(|e| cond(e)).cloned(), events)
+    })
+    .await
+}
+
+/// `sub[what](arg)` on `name`'s subscription to [`SDK_ROOM`]: `{ok}` or `{err}`.
+async fn sdk_call(browser: &Browser, name: &str, what: &str, arg: Value) -> Value {
+    bounded(
+        what,
+        browser.execute_async(
+            "const [n, r, w, a, done] = arguments; window.call(n, r, w, a, done);",
+            vec![json!(name), json!(SDK_ROOM), json!(what), arg],
+        ),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------

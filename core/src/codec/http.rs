@@ -60,8 +60,8 @@ pub enum ClientProtocol {
 /// What to answer a plain request (or a refused upgrade) with.
 ///
 /// [`fixed_response`] formats every route but [`Route::Health`],
-/// [`Route::Metrics`] and [`Route::Index`], whose answers depend on the
-/// node.
+/// [`Route::Metrics`], [`Route::Index`] and [`Route::Admin`], whose answers
+/// depend on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     /// `GET /healthz`.
@@ -70,6 +70,8 @@ pub enum Route {
     Metrics,
     /// `GET /`: the chat page.
     Index,
+    /// `GET /admin`: the admin page (the node decides whether it is on).
+    Admin,
     /// Anything else that is well-formed HTTP: 404.
     NotFound,
     /// A method other than GET or HEAD on a known path: 405.
@@ -380,6 +382,7 @@ pub fn route(buf: &[u8], index: bool) -> Decision {
         Some("/healthz") => Some(Route::Health),
         Some("/metrics") => Some(Route::Metrics),
         Some("/") if index => Some(Route::Index),
+        Some("/admin") => Some(Route::Admin),
         _ => None,
     };
     let route = match (known, method) {
@@ -743,11 +746,12 @@ const TEXT: &str = "text/plain; charset=utf-8";
 pub const JSON_ONLY: &str = "this server speaks only the JSON protocol (centrifuge-json)\n";
 
 /// The complete response for a route the codec answers alone: every route
-/// but [`Route::Health`], [`Route::Metrics`] and [`Route::Index`] (`None`
-/// for those three; they depend on the node). Closes the connection.
+/// but [`Route::Health`], [`Route::Metrics`], [`Route::Index`] and
+/// [`Route::Admin`] (`None` for those; they depend on the node). Closes the
+/// connection.
 pub fn fixed_response(route: Route, head_only: bool) -> Option<Vec<u8>> {
     let r = match route {
-        Route::Health | Route::Metrics | Route::Index => return None,
+        Route::Health | Route::Metrics | Route::Index | Route::Admin => return None,
         Route::NotFound => response(404, TEXT, b"not found\n", head_only),
         Route::MethodNotAllowed => build(
             405,
@@ -803,6 +807,32 @@ pub fn fixed_response(route: Route, head_only: bool) -> Option<Vec<u8>> {
 pub fn api_response(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     build(status, &[], connection, "application/json", body, false)
+}
+
+/// The headers of a page that must not be framed, must not load anything
+/// from another host, and sends no `Referer` (the admin page).
+pub const LOCKED_PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// A complete HTTP/1.1 response with extra headers that closes the
+/// connection.
+pub fn response_with(
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
+    build(status, headers, "close", content_type, body, head_only)
 }
 
 /// A complete HTTP/1.1 response that closes the connection.
@@ -974,6 +1004,9 @@ mod tests {
         assert_eq!(route(&get("/"), true), routed(Route::Index));
         assert_eq!(route(&get("/"), false), routed(Route::NotFound));
         assert_eq!(route(&get("/nope"), true), routed(Route::NotFound));
+        assert_eq!(route(&get("/admin"), false), routed(Route::Admin));
+        assert_eq!(route(&get("/admin?x"), true), routed(Route::Admin));
+        assert_eq!(route(&get("/admin/"), true), routed(Route::NotFound));
         assert_eq!(route(&get("*"), true), routed(Route::NotFound));
         assert_eq!(
             route(b"POST /metrics HTTP/1.1\r\n\r\n", true),

@@ -494,7 +494,7 @@ impl Node {
             }
             Some(Decision::Route { route, head_only }) => {
                 self.admission.count_http();
-                Reply::Respond(self.respond(route, head_only, full))
+                Reply::Respond(self.respond(route, head_only, full, api_port))
             }
             Some(Decision::Incomplete | Decision::Invalid) | None => {
                 self.admission.count_handshake_failure();
@@ -526,7 +526,7 @@ impl Node {
         self.admission.sockets()
     }
 
-    fn respond(&self, route: Route, head_only: bool, full: bool) -> Vec<u8> {
+    fn respond(&self, route: Route, head_only: bool, full: bool, api_port: bool) -> Vec<u8> {
         match route {
             Route::Health => {
                 let (status, body): (u16, &[u8]) = if self.is_stopped() {
@@ -551,6 +551,20 @@ impl Node {
                 crate::CHAT_PAGE.as_bytes(),
                 head_only,
             ),
+            // On the port that serves the API, so that the page calls it
+            // from its own origin.
+            Route::Admin if self.cfg.api.admin && self.cfg.api.own_listener == api_port => {
+                http::response_with(
+                    200,
+                    http::LOCKED_PAGE_HEADERS,
+                    "text/html; charset=utf-8",
+                    crate::ADMIN_PAGE.as_bytes(),
+                    head_only,
+                )
+            }
+            Route::Admin => {
+                http::fixed_response(Route::NotFound, head_only).expect("404 has a fixed response")
+            }
             other => http::fixed_response(other, head_only)
                 .expect("every other route has a fixed response"),
         }
