@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tokio::connect_async;
 use async_tungstenite::tungstenite::Message;
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 
 #[derive(Parser, Debug)]
 struct Args {
