@@ -602,7 +602,11 @@ async fn run_connection<R: Runtime>(
                     break;
                 }
                 let Some(input) = inbound(&msg) else { break };
-                if !node.frame(&conn, input, rt.now()) {
+                let more = node.frame(&conn, input, rt.now());
+                for notice in node.take_notices() {
+                    warn!("{notice}");
+                }
+                if !more {
                     break;
                 }
                 n += 1;
@@ -856,6 +860,9 @@ async fn broker_task<R: Runtime>(shared: Arc<Shared<R>>, client: redis::Client) 
                                 .map(|((ticket, _), r)| (*ticket, Ok(r)))
                                 .collect();
                             node.broker_replies(answers);
+                            for notice in node.take_notices() {
+                                warn!("{notice}");
+                            }
                             (true, 0)
                         }
                         _ => {

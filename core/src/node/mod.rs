@@ -290,6 +290,8 @@ pub struct Node {
     /// Who waits for which broker reply.
     waiters: Mutex<std::collections::HashMap<Ticket, history::Waiter>>,
     presence: Mutex<presence::Book>,
+    /// Whether the book holds notices (read on every frame: no lock).
+    presence_notices: std::sync::atomic::AtomicBool,
     tickets: AtomicU64,
     epochs: AtomicU64,
     /// The HTTP server API's counters and idempotency cache.
@@ -325,6 +327,7 @@ impl Node {
             memory: history::Memory::default(),
             waiters: Mutex::new(std::collections::HashMap::new()),
             presence: Mutex::new(presence::Book::default()),
+            presence_notices: std::sync::atomic::AtomicBool::new(false),
             tickets: AtomicU64::new(1),
             epochs: AtomicU64::new(0),
             api: api::ApiState::default(),

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,8 +68,10 @@ struct RoomPresence {
 #[derive(Debug, Default)]
 pub(super) struct Book {
     rooms: HashMap<Box<str>, RoomPresence>,
-    /// Rooms over their cap (join/leave off), for metrics.
+    /// Rooms over their cap (join/leave off), for metrics and replies.
     capped: HashSet<Box<str>>,
+    /// What the runtime should log ([`Node::take_notices`]).
+    notices: Vec<String>,
 }
 
 impl Book {
@@ -81,6 +84,18 @@ impl Book {
     }
 }
 
+impl Node {
+    /// Things worth a line in the log since the last call (a presence room
+    /// going over its cap). Cheap when there are none.
+    pub fn take_notices(&self) -> Vec<String> {
+        if !self.presence_notices.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut book = lock(&self.presence);
+        std::mem::take(&mut book.notices)
+    }
+}
+
 /// A presence answer being waited for.
 #[derive(Debug)]
 pub(super) enum PresenceWait {
@@ -89,6 +104,7 @@ pub(super) enum PresenceWait {
         peer: Arc<Peer>,
         id: u32,
         stats: bool,
+        room: Box<str>,
     },
     /// The fleet's count after an add or remove.
     Count { room: Box<str> },
@@ -294,6 +310,12 @@ impl Node {
         if over {
             if book.capped.insert(room.into()) {
                 add(&self.stats.presence_capped, 1);
+                book.notices.push(format!(
+                    "presence room {room:?} has {count} clients, over its cap of {}: \
+                     no join/leave pushes for it until it is back under",
+                    o.max_members
+                ));
+                self.presence_notices.store(true, Ordering::Relaxed);
             }
         } else {
             book.capped.remove(room);
@@ -403,7 +425,8 @@ impl Node {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.send(peer, presence_reply(id, stats, &entries));
+                let capped = lock(&self.presence).capped.contains(room);
+                self.send(peer, presence_reply(id, stats, &entries, capped));
             }
             BrokerMode::Remote => {
                 let keys = self.presence_keys(room);
@@ -421,6 +444,7 @@ impl Node {
                             peer: peer.clone(),
                             id,
                             stats,
+                            room: room.into(),
                         }),
                     );
                 } else {
@@ -433,9 +457,19 @@ impl Node {
     /// A presence read or count came back (`None`: it failed).
     pub(super) fn presence_answer(&self, w: PresenceWait, reply: Option<Reply>) {
         match w {
-            PresenceWait::Command { peer, id, stats } => {
+            PresenceWait::Command {
+                peer,
+                id,
+                stats,
+                room,
+            } => {
                 let frame = match reply.as_ref().and_then(parse_entries) {
-                    Some(entries) => presence_reply(id, stats, &entries),
+                    Some(entries) => {
+                        let capped = self.presence_of(&room).is_some_and(|o| {
+                            o.join_leave && o.max_members > 0 && entries.len() > o.max_members
+                        });
+                        presence_reply(id, stats, &entries, capped)
+                    }
                     None => Bytes::from(ErrorCode::INTERNAL.encode_reply(id)),
                 };
                 self.send(&peer, frame);
@@ -496,20 +530,25 @@ impl Node {
 }
 
 /// The reply to `presence` or `presence_stats` from client → info pairs.
-fn presence_reply(id: u32, stats: bool, entries: &[(String, String)]) -> Bytes {
-    if stats {
+/// A room over its cap says so (`"join_leave_capped":true`, a field the
+/// SDKs ignore): it sends no join/leave pushes.
+fn presence_reply(id: u32, stats: bool, entries: &[(String, String)], capped: bool) -> Bytes {
+    let mut reply = if stats {
         let users = count_users(entries.iter().map(|(_, i)| i.as_str()));
-        Bytes::from(cf::encode_presence_stats_reply(
+        cf::encode_presence_stats_reply(
             id,
             u32::try_from(entries.len()).unwrap_or(u32::MAX),
             u32::try_from(users).unwrap_or(u32::MAX),
-        ))
+        )
     } else {
-        Bytes::from(cf::encode_presence_reply_raw(
-            id,
-            entries.iter().map(|(c, i)| (c.as_str(), i.as_str())),
-        ))
+        cf::encode_presence_reply_raw(id, entries.iter().map(|(c, i)| (c.as_str(), i.as_str())))
+    };
+    if capped {
+        // `{"id":N,"presence":{…}}`: the field goes into the result.
+        reply.truncate(reply.len() - 2);
+        reply.push_str(r#","join_leave_capped":true}}"#);
     }
+    Bytes::from(reply)
 }
 
 #[cfg(test)]

@@ -1666,3 +1666,62 @@ proptest::proptest! {
         run_presence_property(steps);
     }
 }
+
+#[test]
+fn a_room_over_its_presence_cap_says_so_and_sends_no_join_leave() {
+    let cfg = NodeConfig {
+        presence_max_members: 2,
+        ..NodeConfig::default()
+    };
+    let n = Node::new(cfg, T0);
+    let listener = cf(&n);
+    cf_send(&n, &listener, r#"{"id":1,"connect":{}}"#, T0);
+    cf_send(
+        &n,
+        &listener,
+        r#"{"id":2,"subscribe":{"channel":"r","join_leave":true}}"#,
+        T0,
+    );
+    let _ = texts(&n, &listener);
+    let joins = |n: &Node| {
+        texts(n, &listener)
+            .iter()
+            .filter(|t| t.contains(r#""join":{"#))
+            .count()
+    };
+    let a = open(&n);
+    text(&n, &a, &sub("r"));
+    assert_eq!(joins(&n), 1, "2 of 2");
+    assert!(n.take_notices().is_empty());
+    let b = open(&n);
+    text(&n, &b, &sub("r"));
+    assert_eq!(joins(&n), 0, "3 of 2: no join");
+    let notices = n.take_notices();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("over its cap of 2"), "{notices:?}");
+    assert!(n.take_notices().is_empty(), "said once");
+    cf_send(
+        &n,
+        &listener,
+        r#"{"id":3,"presence_stats":{"channel":"r"}}"#,
+        T0,
+    );
+    assert_eq!(
+        texts(&n, &listener),
+        [r#"{"id":3,"presence_stats":{"num_clients":3,"num_users":1,"join_leave_capped":true}}"#]
+    );
+    assert_eq!(n.snapshot().presence_capped_rooms, 1);
+    // Back under the cap: join/leave again.
+    n.closed(b);
+    let _ = texts(&n, &listener);
+    let c = open(&n);
+    text(&n, &c, &sub("r"));
+    assert_eq!(n.snapshot().presence_capped_rooms, 1, "3 of 2 again");
+    n.closed(c);
+    n.closed(a);
+    let _ = texts(&n, &listener);
+    let d = open(&n);
+    text(&n, &d, &sub("r"));
+    assert_eq!(joins(&n), 1, "2 of 2: joins again");
+    assert_eq!(n.snapshot().presence_capped_rooms, 0);
+}
