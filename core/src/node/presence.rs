@@ -60,6 +60,9 @@ struct RoomPresence {
     entries: HashMap<ConnId, Box<str>>,
     /// Connections that asked for join/leave pushes.
     listeners: HashSet<ConnId>,
+    /// This node's clients whose join was announced: only theirs leave
+    /// aloud, so a listener never hears a leave without its join.
+    announced: HashSet<ConnId>,
     /// Clients in the room, fleet-wide as last seen (embedded: exact).
     count: usize,
 }
@@ -261,6 +264,7 @@ impl Node {
         match self.cfg.mode {
             BrokerMode::Local => {
                 if self.join_leave_on(room, &o, count) {
+                    self.mark_announced(room, id);
                     let frame = cf::encode_join_leave_push_raw(room, true, info);
                     self.push_to_listeners(room, Bytes::from(frame));
                 }
@@ -271,6 +275,9 @@ impl Node {
                 let ticket = self.ticket();
                 let channel = envelope::channel_for(&self.cfg.hub.channel_prefix, room);
                 let announce = self.join_leave_on(room, &o, count + 1);
+                if announce {
+                    self.mark_announced(room, id);
+                }
                 let refresh = self.cfg.presence_refresh;
                 let event =
                     announce.then(|| (self.ticket(), event_call(&channel, true, room, info)));
@@ -323,10 +330,18 @@ impl Node {
         !over
     }
 
-    fn presence_forget(&self, room: &str, id: ConnId) -> Option<Box<str>> {
+    fn mark_announced(&self, room: &str, id: ConnId) {
+        if let Some(rp) = lock(&self.presence).rooms.get_mut(room) {
+            rp.announced.insert(id);
+        }
+    }
+
+    /// Drops a client's entry: its info, and whether its join was announced.
+    fn presence_forget(&self, room: &str, id: ConnId) -> Option<(Box<str>, bool)> {
         let mut book = lock(&self.presence);
         let rp = book.rooms.get_mut(room)?;
         rp.listeners.remove(&id);
+        let announced = rp.announced.remove(&id);
         let info = rp.entries.remove(&id)?;
         if self.cfg.mode == BrokerMode::Local {
             rp.count = rp.entries.len();
@@ -335,7 +350,7 @@ impl Node {
             book.rooms.remove(room);
             book.capped.remove(room);
         }
-        Some(info)
+        Some((info, announced))
     }
 
     /// Members that left presence rooms (from the hub): their entries go,
@@ -343,11 +358,15 @@ impl Node {
     pub(super) fn presence_departed(&self, departures: Vec<(Box<str>, ConnId)>) {
         for (room, id) in departures {
             let count = lock(&self.presence).rooms.get(&room).map_or(0, |r| r.count);
-            let Some(info) = self.presence_forget(&room, id) else {
+            let Some((info, announced)) = self.presence_forget(&room, id) else {
                 continue;
             };
-            let o = self.presence_of(&room);
-            let announce = o.is_some_and(|o| self.join_leave_on(&room, &o, count));
+            // The cap's state follows the count; the leave is said if the
+            // join was.
+            if let Some(o) = self.presence_of(&room) {
+                let _ = self.join_leave_on(&room, &o, count.saturating_sub(1));
+            }
+            let announce = announced;
             match self.cfg.mode {
                 BrokerMode::Local => {
                     if announce {

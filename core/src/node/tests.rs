@@ -1527,8 +1527,14 @@ fn pstep() -> impl proptest::strategy::Strategy<Value = PStep> {
     ]
 }
 
-fn run_presence_property(steps: Vec<PStep>) {
-    let n = local(HubConfig::default());
+fn run_presence_property(steps: Vec<PStep>, cap: Option<usize>) {
+    let n = Node::new(
+        NodeConfig {
+            presence_max_members: cap.unwrap_or(1000),
+            ..NodeConfig::default()
+        },
+        T0,
+    );
     // An observer that asks, and a listener that hears joins and leaves.
     let obs = cf(&n);
     cf_send(&n, &obs, r#"{"id":1,"connect":{}}"#, T0);
@@ -1653,7 +1659,12 @@ fn run_presence_property(steps: Vec<PStep>) {
                 assert!(heard.remove(&c), "a leave without a join: {t}");
             }
         }
-        assert_eq!(heard, want, "what the listener heard after {step:?}");
+        if cap.is_none() {
+            assert_eq!(heard, want, "what the listener heard after {step:?}");
+        } else {
+            // Capped: it hears less, but never someone who is not there.
+            assert!(heard.is_subset(&want), "heard {heard:?}, there {want:?}");
+        }
     }
 }
 
@@ -1663,7 +1674,14 @@ proptest::proptest! {
     fn presence_is_the_set_of_live_subscribers_and_join_leave_tell_it(
         steps in proptest::collection::vec(pstep(), 1..60)
     ) {
-        run_presence_property(steps);
+        run_presence_property(steps, None);
+    }
+
+    #[test]
+    fn a_capped_room_never_tells_of_someone_who_is_not_there(
+        steps in proptest::collection::vec(pstep(), 1..60)
+    ) {
+        run_presence_property(steps, Some(3));
     }
 }
 
