@@ -300,7 +300,7 @@ impl Broker {
     pub fn has_work(&self) -> bool {
         !self.control.is_empty()
             || (self.link_open() && (!self.dirty.is_empty() || self.probe_due))
-            || (self.is_up() && !self.queue.is_empty())
+            || (self.is_up() && !(self.queue.is_empty() && self.queries.is_empty()))
     }
 
     fn link_open(&self) -> bool {
@@ -742,6 +742,21 @@ mod tests {
         assert!(!b.is_up(), "not up before the probe came back");
         b.probe_echo(&payload, Duration::ZERO);
         assert!(b.is_up());
+    }
+
+    #[test]
+    fn a_query_alone_is_work_for_the_broker_task() {
+        let mut b = broker();
+        up(&mut b, &[]);
+        let _ = b.poll();
+        assert!(!b.has_work());
+        assert!(b.query(Ticket(1), Call::cmd(&[b"PING"])));
+        assert!(b.has_work(), "the task must wake for a read alone");
+        assert_eq!(
+            b.poll(),
+            vec![BrokerOp::Query(vec![(Ticket(1), Call::cmd(&[b"PING"]))])]
+        );
+        assert!(!b.has_work());
     }
 
     #[test]
