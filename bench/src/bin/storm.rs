@@ -109,7 +109,9 @@ async fn main() {
             break;
         }
     }
-    let settled = start.elapsed().saturating_sub(a.quiet);
+    // Settled: every client subscribed and the last push delivered.
+    let last = last_push.lock().unwrap().saturating_duration_since(start);
+    let settled = all_subscribed.unwrap_or_default().max(last);
     println!(
         "{{\"clients\":{},\"subscribed\":{},\"join_pushes\":{},\"leave_pushes\":{},\"all_subscribed_s\":{:.2},\"settled_s\":{:.2}}}",
         a.clients,
