@@ -268,6 +268,16 @@ impl Cli {
                     .into(),
             );
         }
+        if self.presence_ttl.as_secs() == 0 {
+            return Err("--presence-ttl must be at least 1s".into());
+        }
+        if self.presence_refresh.is_zero() || self.presence_refresh >= self.presence_ttl {
+            return Err(format!(
+                "--presence-refresh ({:?}) must be above zero and below --presence-ttl ({:?}): \
+                 entries would expire before they are refreshed",
+                self.presence_refresh, self.presence_ttl
+            ));
+        }
         self.hub_config(0).limits.check()
     }
 
@@ -518,5 +528,14 @@ mod tests {
         assert!(Cli::try_parse_from(["roomcast", "--redis", "http://x"]).is_err());
         let bad = Cli::try_parse_from(["roomcast", "--max-frame-bytes", "2000000"]).unwrap();
         assert!(bad.check().unwrap_err().contains("--max-outbound-bytes"));
+        for args in [
+            &["--presence-refresh", "60s"][..],
+            &["--presence-refresh", "0s"],
+            &["--presence-ttl", "500ms"],
+        ] {
+            let bad = Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied()))
+                .unwrap();
+            assert!(bad.check().unwrap_err().contains("--presence-"), "{args:?}");
+        }
     }
 }
