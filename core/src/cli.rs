@@ -223,6 +223,11 @@ pub struct Cli {
     /// 503) instead of 200 with an error body (Centrifugo's default).
     #[arg(long, env = "ROOMCAST_API_HTTP_ERRORS")]
     pub api_http_errors: bool,
+
+    /// On Redis: how often this node writes its announcement (its counts and rooms, what the
+    /// API's info and channels list fleet-wide; it lives three intervals). 0s: not announced.
+    #[arg(long, env = "ROOMCAST_NODE_ANNOUNCE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub node_announce_interval: Duration,
 }
 
 impl Cli {
@@ -303,6 +308,7 @@ impl Cli {
                 max_body: self.api_max_body,
                 http_errors: self.api_http_errors,
                 own_listener: self.api_listen.is_some(),
+                announce_interval: self.node_announce_interval,
                 ..Default::default()
             },
         }

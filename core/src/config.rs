@@ -183,6 +183,10 @@ pub struct ApiConfig {
     pub own_listener: bool,
     /// Requests one kept-alive connection may carry before it is closed.
     pub max_requests_per_conn: u32,
+    /// On Redis, how often the node writes its announcement (its counts
+    /// and rooms, for `info` and `channels`; default 5 s; it lives three
+    /// intervals). Zero: the node does not announce itself.
+    pub announce_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -193,6 +197,7 @@ impl Default for ApiConfig {
             http_errors: false,
             own_listener: false,
             max_requests_per_conn: 1000,
+            announce_interval: Duration::from_secs(5),
         }
     }
 }

@@ -168,6 +168,7 @@ pub const FLAG_KEYS: &[(&str, FlagKind)] = &[
     ("api_insecure", FlagKind::Bool),
     ("api_max_body", FlagKind::Int),
     ("api_http_errors", FlagKind::Bool),
+    ("node_announce_interval", FlagKind::Duration),
 ];
 
 /// The top-level auth keys (see [`AuthSettings`]).

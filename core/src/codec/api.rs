@@ -257,6 +257,27 @@ pub fn channels_result<'a>(channels: impl IntoIterator<Item = (&'a str, usize)>)
     out
 }
 
+/// A `presence` result: `{"presence":{client:info,…}}`, each info a
+/// client info object's text (`{"user","client"[,"conn_info"][,"chan_info"]}`).
+pub fn presence_result<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("{\"presence\":{");
+    for (i, (client, info)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(client, &mut out);
+        out.push(':');
+        out.push_str(info);
+    }
+    out.push_str("}}");
+    out
+}
+
+/// A `presence_stats` result: `{"num_clients":N,"num_users":M}`.
+pub fn presence_stats_result(clients: usize, users: usize) -> String {
+    format!("{{\"num_clients\":{clients},\"num_users\":{users}}}")
+}
+
 /// One node of an `info` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo<'a> {
