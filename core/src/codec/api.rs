@@ -445,6 +445,17 @@ pub fn parse_method(m: ApiMethod, body: &[u8]) -> Result<ApiRequest<'_>, ApiErro
             client: f.string("client")?,
         },
         ApiMethod::Disconnect => {
+            // Fields that would narrow or widen who is disconnected are
+            // refused rather than ignored.
+            for field in ["whitelist", "session"] {
+                if f.get(field)?
+                    .is_some_and(|v| !matches!(v.get().trim_ascii(), "[]" | "\"\""))
+                {
+                    return Err(ApiError::NOT_AVAILABLE.with_message(format!(
+                        "not available: disconnect by {field} is not supported"
+                    )));
+                }
+            }
             let (code, reason) = f.disconnect()?;
             ApiRequest::Disconnect {
                 user: f.required_string("user")?,
