@@ -2,7 +2,8 @@
 //! its rooms with their local client counts) into the fleet's hash, with
 //! an expiry in a sorted set, when its link comes up and then every
 //! `--node-announce-interval`; an announcement not refreshed for three
-//! intervals (a crashed node's) is pruned by the next read or write. The
+//! intervals and a second (a crashed node's) is pruned by the next read or
+//! write. The
 //! API's `info` lists the live announcements and `channels` adds up their
 //! rooms, with the asking node's own entry taken live: another node's
 //! numbers are at most one interval old (plus the time its link was
@@ -96,7 +97,9 @@ impl Node {
             return;
         }
         let json = serde_json::to_vec(&self.announcement(s, now)).unwrap_or_default();
-        let ttl = (every * 3).as_secs().max(1);
+        // Redis's clock in whole seconds: one more covers its truncation,
+        // so an announcement lives at least three intervals.
+        let ttl = (every * 3).as_secs_f64().ceil() as u64 + 1;
         let keys = FleetKeys::new(&self.cfg.hub.channel_prefix);
         let call = Call::script(
             &r::NODE_ANNOUNCE_SCRIPT,
