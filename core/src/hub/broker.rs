@@ -322,7 +322,7 @@ impl Broker {
     pub fn has_work(&self) -> bool {
         !self.control.is_empty()
             || (self.link_open() && (!self.dirty.is_empty() || self.probe_due))
-            || (self.is_up() && !self.queue.is_empty())
+            || (self.is_up() && (!self.queue.is_empty() || !self.queries.is_empty()))
     }
 
     fn link_open(&self) -> bool {

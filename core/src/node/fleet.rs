@@ -110,7 +110,11 @@ impl Node {
                 Bytes::from(ttl.to_string()),
             ],
         );
-        s.hub.broker_mut().publish(Outbound { call, ticket: None });
+        // A read's path, not a publish's: not held while the link is down,
+        // not counted as a publish, no room's publish buffer taken. Its
+        // answer has no waiter and is dropped.
+        let ticket = self.ticket();
+        s.hub.broker_mut().query(ticket, call);
     }
 
     /// At shutdown: this node's announcement goes. Under the hub's lock.

@@ -1539,8 +1539,8 @@ fn a_remote_node_announces_itself_and_subscribes_the_control_channel() {
     let announce = crate::codec::redis::NODE_ANNOUNCE_SCRIPT.sha1();
     let announced = |ops: Vec<BrokerOp>| {
         ops.iter().any(|op| {
-            matches!(op, BrokerOp::Publish(p)
-                if p.iter().any(|o| o.call.0.get(1).is_some_and(|s| s[..] == *announce.as_bytes())))
+            matches!(op, BrokerOp::Query(q)
+                if q.iter().any(|(_, c)| c.0.get(1).is_some_and(|s| s[..] == *announce.as_bytes())))
         })
     };
     // Once up, and again every interval.
