@@ -230,6 +230,10 @@ pub struct Cli {
     /// (an API key, or --api-insecure).
     #[arg(long, env = "ROOMCAST_ADMIN")]
     pub admin: bool,
+    /// On Redis: how often this node writes its announcement (its counts and rooms, what the
+    /// API's info and channels list fleet-wide; it lives three intervals). 0s: not announced.
+    #[arg(long, env = "ROOMCAST_NODE_ANNOUNCE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub node_announce_interval: Duration,
 }
 
 impl Cli {
@@ -321,6 +325,7 @@ impl Cli {
                 http_errors: self.api_http_errors,
                 own_listener: self.api_listen.is_some(),
                 admin: self.admin,
+                announce_interval: self.node_announce_interval,
                 ..Default::default()
             },
         }

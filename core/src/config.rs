@@ -186,6 +186,10 @@ pub struct ApiConfig {
     /// Serve the admin page at `GET /admin` (`--admin`), on the port that
     /// serves the API (the page calls it from the same origin).
     pub admin: bool,
+    /// On Redis, how often the node writes its announcement (its counts
+    /// and rooms, for `info` and `channels`; default 5 s; it lives three
+    /// intervals). Zero: the node does not announce itself.
+    pub announce_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -197,6 +201,7 @@ impl Default for ApiConfig {
             own_listener: false,
             max_requests_per_conn: 1000,
             admin: false,
+            announce_interval: Duration::from_secs(5),
         }
     }
 }

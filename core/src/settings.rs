@@ -169,6 +169,7 @@ pub const FLAG_KEYS: &[(&str, FlagKind)] = &[
     ("api_max_body", FlagKind::Int),
     ("api_http_errors", FlagKind::Bool),
     ("admin", FlagKind::Bool),
+    ("node_announce_interval", FlagKind::Duration),
 ];
 
 /// The top-level auth keys (see [`AuthSettings`]).

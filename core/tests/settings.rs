@@ -636,6 +636,7 @@ api_insecure = true
 api_max_body = 4096
 api_http_errors = true
 admin = true
+node_announce_interval = "18s"
 "#,
     );
     assert_eq!(s.flags.len(), FLAG_KEYS.len(), "the file sets every flag");
@@ -664,6 +665,7 @@ admin = true
     assert_eq!(cli.presence_refresh, Duration::from_secs(15));
     assert_eq!(cli.presence_ttl, Duration::from_secs(16));
     assert_eq!(cli.presence_max_members, 17);
+    assert_eq!(cli.node_announce_interval, Duration::from_secs(18));
     assert_eq!(cli.seed_protocol, "off");
     assert_eq!(cli.threads, Some(3));
     assert_eq!(cli.handshake_timeout, Duration::from_secs(6));

@@ -3,8 +3,10 @@
 #   js: the npm packages of tests/sdk/js/package-lock.json into ROOT/js
 #       (`npm ci`, lockfile copied there);
 #   py: a virtualenv at ROOT/py with tests/sdk/py/requirements.txt
-#       (`pip install --require-hashes`).
-# Usage: tests/sdk/install.sh js|py|all [ROOT]
+#       (`pip install --require-hashes`);
+#   api: a virtualenv at ROOT/api with tests/api-client/requirements.txt (the
+#       `cent` HTTP API client and schemathesis), likewise.
+# Usage: tests/sdk/install.sh js|py|api|all [ROOT]
 # ROOT defaults to $CARGO_TARGET_DIR/sdk, else <repo>/target/sdk.
 #
 # Idempotent and safe to run from many processes at once: each environment is
@@ -65,17 +67,26 @@ install_js() {
 
 py_stamp() {
   extra="python $1 $("$1" -c 'import sys; print(sys.version)')"
-  stamp_of "$here/py/requirements.txt"
+  stamp_of "$2"
 }
 
 install_py() {
+  install_venv py "$here/py/requirements.txt" "import centrifuge, websockets"
+}
+
+install_api() {
+  install_venv api "$repo/tests/api-client/requirements.txt" "import cent, schemathesis"
+}
+
+# install_venv NAME REQUIREMENTS IMPORT: a virtualenv at ROOT/NAME.
+install_venv() {
   mkdir -p "$root"
-  local dest="$root/py"
+  local dest="$root/$1" reqs="$2" check="$3"
   local py="" want cand
   # Up to date with the interpreter it was made with: nothing to do.
   py="$(cat "$dest/.python" 2>/dev/null || true)"
   if [ -n "$py" ] && [ -x "$py" ] && [ -x "$dest/bin/python" ] &&
-    [ "$(cat "$dest/.stamp" 2>/dev/null || true)" = "$(py_stamp "$py")" ]; then
+    [ "$(cat "$dest/.stamp" 2>/dev/null || true)" = "$(py_stamp "$py" "$reqs")" ]; then
     echo "$dest"
     return
   fi
@@ -97,13 +108,13 @@ install_py() {
     rm -rf "$dest"
     die "no Python 3.10+ on PATH makes a virtualenv with pip (Debian: apt-get install python3-venv)"
   fi
-  echo "installing the Python SDK agent's virtualenv into $dest (with $py)" >&2
-  want="$(py_stamp "$py")"
+  echo "installing the virtualenv of $reqs into $dest (with $py)" >&2
+  want="$(py_stamp "$py" "$reqs")"
   "$dest/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    --require-hashes --no-deps --only-binary=:all: -r "$here/py/requirements.txt" >&2 ||
-    die "pip install --require-hashes -r tests/sdk/py/requirements.txt failed (see above)"
-  "$dest/bin/python" -c 'import centrifuge, websockets' >&2 ||
-    die "the virtualenv in $dest cannot import centrifuge"
+    --require-hashes --no-deps --only-binary=:all: -r "$reqs" >&2 ||
+    die "pip install --require-hashes -r $reqs failed (see above)"
+  "$dest/bin/python" -c "$check" >&2 ||
+    die "the virtualenv in $dest cannot $check"
   echo "$py" >"$dest/.python"
   echo "$want" >"$dest/.stamp"
   echo "$dest"
@@ -120,7 +131,7 @@ locked() {
 }
 
 case "$kind" in
-  js | py) locked "$kind" ;;
-  all) locked js && locked py ;;
-  *) die "usage: tests/sdk/install.sh js|py|all [ROOT]" ;;
+  js | py | api) locked "$kind" ;;
+  all) locked js && locked py && locked api ;;
+  *) die "usage: tests/sdk/install.sh js|py|api|all [ROOT]" ;;
 esac

@@ -211,12 +211,13 @@ impl RedisServer {
         n
     }
 
-    /// `PUBSUB CHANNELS`, sorted, without the nodes' probe channels: the
-    /// rooms' channels. (Every roomcast node on Redis also holds its own
-    /// probe channel, `__roomcast.probe.<node>`: see [`Self::probe_channels`].)
+    /// `PUBSUB CHANNELS`, sorted, without the nodes' probe channels and the
+    /// fleet's control channel: the rooms' channels. (Every roomcast node on
+    /// Redis also holds its own probe channel, `__roomcast.probe.<node>`
+    /// (see [`Self::probe_channels`]), and `__roomcast.control`.)
     pub fn channels(&self) -> Vec<String> {
         let mut v = self.all_channels();
-        v.retain(|c| !c.contains("__roomcast.probe."));
+        v.retain(|c| !c.contains("__roomcast.probe.") && !c.ends_with("__roomcast.control"));
         v
     }
 

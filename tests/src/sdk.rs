@@ -137,6 +137,24 @@ pub fn ensure(sdk: Sdk) -> PathBuf {
     cell.get_or_init(|| install(sdk)).clone()
 }
 
+/// Installs the HTTP API clients' virtualenv (`cent` and schemathesis,
+/// tests/api-client/requirements.txt, `pip install --require-hashes`)
+/// unless installed and up to date; returns it (`<root>/api`). Panics if
+/// it cannot.
+pub fn ensure_api_clients() -> PathBuf {
+    static API: OnceLock<PathBuf> = OnceLock::new();
+    API.get_or_init(|| {
+        install_named(
+            "api",
+            &[(
+                "python3",
+                "Python 3.10+ with venv (Debian: apt-get install python3 python3-venv)",
+            )],
+        )
+    })
+    .clone()
+}
+
 fn install(sdk: Sdk) -> PathBuf {
     let tools: &[(&str, &str)] = match sdk {
         Sdk::Js => &[
@@ -148,6 +166,11 @@ fn install(sdk: Sdk) -> PathBuf {
             "Python 3.10+ with venv (Debian: apt-get install python3 python3-venv)",
         )],
     };
+    install_named(sdk.name(), tools)
+}
+
+/// Runs `install.sh <sdk>` once `tools` are found.
+fn install_named(sdk: &str, tools: &[(&str, &str)]) -> PathBuf {
     for (tool, what) in tools {
         let found = Command::new(tool)
             .arg("--version")
@@ -167,7 +190,7 @@ fn install(sdk: Sdk) -> PathBuf {
     let started = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
-        .arg(sdk.name())
+        .arg(sdk)
         .arg(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -199,7 +222,7 @@ fn install(sdk: Sdk) -> PathBuf {
         status.success(),
         "installing the {sdk} SDK failed ({status}): bash {} {} {}\n{err}{out}",
         script.display(),
-        sdk.name(),
+        sdk,
         root.display()
     );
     let dir = PathBuf::from(out.lines().last().unwrap_or_default().trim());

@@ -4,13 +4,15 @@
 //! and seed clients on every node, broadcast answers per channel, an
 //! idempotent publish retried is applied once, history reads and removes,
 //! keep-alive carries several requests, and every bad request is refused
-//! the way the API says.
+//! the way the API says; server-side subscribe, unsubscribe and disconnect
+//! reach a user's connections on every node; presence and presence stats;
+//! info and channels list the whole fleet.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use roomcast_tests::auth::ConfigFile;
+use roomcast_tests::auth::{self as tokens, ConfigFile};
 use roomcast_tests::centrifugo::CfClient;
 use roomcast_tests::{
     HttpResponse, Node, RedisServer, Runtime, TIMEOUT, Value, http_request, json, scenarios, unique,
@@ -26,6 +28,11 @@ scenarios!(
     bad_requests_are_refused,
     keep_alive_carries_requests,
     the_api_is_off_without_a_key,
+    server_side_commands_embedded,
+    server_side_commands_on_two_nodes,
+    presence_embedded,
+    presence_on_two_nodes,
+    info_and_channels_list_the_fleet,
 );
 
 const KEY: &str = "test-api-key-5f1c";
@@ -229,7 +236,7 @@ fn idempotent_publish_is_applied_once_on_redis(rt: Runtime) {
     idempotent_publish_is_applied_once(&n1, &n2, Some(&redis));
 }
 
-fn broadcast_and_history(publisher: &Node, reader: &Node) {
+fn broadcast_and_history(publisher: &Node, reader: &Node, nodes: usize) {
     let (a, b) = (format!("hist:{}", unique("a")), unique("b"));
     let r = result(
         publisher.addr(),
@@ -302,13 +309,20 @@ fn broadcast_and_history(publisher: &Node, reader: &Node) {
     assert_eq!(h["offset"], 4, "the position stays: {h}");
     assert_eq!(h["epoch"], epoch.as_str(), "{h}");
     let info = result(publisher.addr(), "info", json!({}));
-    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(1), "{info}");
+    assert_eq!(
+        info["nodes"].as_array().map(Vec::len),
+        Some(nodes),
+        "{info}"
+    );
+    for n in info["nodes"].as_array().unwrap() {
+        assert!(n["uptime"].as_u64().is_some_and(|u| u < 60), "{info}");
+    }
 }
 
 fn broadcast_and_history_embedded(rt: Runtime) {
     let cfg = config();
     let n = Node::embedded(rt, &flags(&cfg));
-    broadcast_and_history(&n, &n);
+    broadcast_and_history(&n, &n, 1);
 }
 
 fn broadcast_and_history_on_redis(rt: Runtime) {
@@ -316,7 +330,7 @@ fn broadcast_and_history_on_redis(rt: Runtime) {
     let redis = RedisServer::start();
     let n1 = Node::redis(rt, &redis, &flags(&cfg));
     let n2 = Node::redis(rt, &redis, &flags(&cfg));
-    broadcast_and_history(&n1, &n2);
+    broadcast_and_history(&n1, &n2, 2);
 }
 
 fn bad_requests_are_refused(rt: Runtime) {
@@ -489,4 +503,254 @@ fn the_api_is_off_without_a_key(rt: Runtime) {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("\"nodes\""), "{r:?}");
     assert_eq!(post(n.addr(), "info", "{}", &[]).status, 404);
+}
+
+/// With tokens (anonymous connections still allowed), a presence
+/// namespace `pres`, and `plain` without presence.
+fn token_config() -> ConfigFile {
+    ConfigFile::new(&format!(
+        "token_hmac_secret = \"{}\"\n\
+         allow_anonymous_connect_without_token = true\n\
+         [default_namespace]\n\
+         allow_subscribe_for_client = true\n\
+         allow_subscribe_for_anonymous = true\n\
+         allow_publish_for_client = true\n\
+         [[namespace]]\n\
+         name = \"pres\"\n\
+         allow_subscribe_for_client = true\n\
+         presence = true\n\
+         [[namespace]]\n\
+         name = \"plain\"\n\
+         allow_subscribe_for_client = true\n",
+        tokens::SECRET
+    ))
+}
+
+/// A raw Centrifugo client connected as `user`; its client id.
+fn connect_as(addr: SocketAddr, user: &str) -> (CfClient, String) {
+    let mut c = CfClient::open(addr);
+    let token = tokens::hs256(&tokens::conn_claims(user, Some(3600)));
+    let r = c.ok("connect", json!({"token": token}));
+    let id = r["client"].as_str().expect("a client id").to_string();
+    (c, id)
+}
+
+/// Waits for a push on `channel` carrying `kind` (`subscribe`,
+/// `unsubscribe`); returns that object.
+fn recv_push_of(c: &mut CfClient, channel: &str, kind: &str) -> Value {
+    let p = c.recv_push();
+    assert_eq!(p["channel"], channel, "{p}");
+    p.get(kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("expected a {kind} push on {channel}, got {p}"))
+}
+
+/// `api` and `other` serve the same fleet (the same node when embedded).
+fn server_side_commands(api_node: &Node, other: &Node, redis: Option<&RedisServer>) {
+    let api_addr = api_node.addr();
+    let room = unique("ss");
+    let alice = unique("alice");
+    let bob = unique("bob");
+    // Alice twice on the other node, once on the API's; Bob on the other.
+    let (mut a1, _) = connect_as(other.addr(), &alice);
+    let (mut a2, a2_id) = connect_as(other.addr(), &alice);
+    let (mut a3, _) = connect_as(api_addr, &alice);
+    let (mut b, _) = connect_as(other.addr(), &bob);
+    b.subscribe(&room);
+    // A seed client of Alice's, by its upgrade token.
+    let seed_token = tokens::hs256(&tokens::conn_claims(&alice, Some(3600)));
+    let seed = roomcast_tests::Client::connect_path(other.addr(), &format!("/?token={seed_token}"));
+    // Subscribe: every connection of Alice's, on both nodes, gets the push.
+    let r = result(
+        api_addr,
+        "subscribe",
+        json!({"user": alice, "channel": room}),
+    );
+    assert_eq!(r, json!({}));
+    for c in [&mut a1, &mut a2, &mut a3] {
+        recv_push_of(c, &room, "subscribe");
+    }
+    if let Some(r) = redis {
+        r.wait_numsub(&room, 2);
+    }
+    result(
+        api_addr,
+        "publish",
+        json!({"channel": room, "data": {"n": 1}}),
+    );
+    for c in [&mut a1, &mut a2, &mut a3, &mut b] {
+        assert_eq!(c.recv_publication(&room)["data"], json!({"n": 1}));
+    }
+    // Unsubscribe of one client: only it leaves, with code 2000.
+    result(
+        api_addr,
+        "unsubscribe",
+        json!({"user": alice, "channel": room, "client": a2_id}),
+    );
+    let u = recv_push_of(&mut a2, &room, "unsubscribe");
+    assert_eq!(u["code"], 2000, "{u}");
+    result(api_addr, "publish", json!({"channel": room, "data": 2}));
+    for c in [&mut a1, &mut a3, &mut b] {
+        assert_eq!(c.recv_publication(&room)["data"], json!(2));
+    }
+    a2.expect_no_push(Duration::from_millis(300));
+    // A user nobody is: no effect, no error.
+    assert_eq!(
+        result(api_addr, "disconnect", json!({"user": unique("nobody")})),
+        json!({})
+    );
+    // Bad commands are refused and reach nobody.
+    for (method, body) in [
+        (
+            "disconnect",
+            json!({"user": alice, "disconnect": {"code": 1000, "reason": "x"}}),
+        ),
+        (
+            "disconnect",
+            json!({"user": alice, "disconnect": {"code": 3503, "reason": "r".repeat(124)}}),
+        ),
+        ("subscribe", json!({"user": alice, "channel": "nope:1"})),
+        ("subscribe", json!({"channel": room})),
+    ] {
+        let e = error(api_addr, method, body.clone());
+        assert!(e["code"] == 107 || e["code"] == 102, "{method} {body}: {e}");
+    }
+    // Disconnect: every connection of Alice's, either protocol, closes
+    // with the default code; Bob stays.
+    result(api_addr, "disconnect", json!({"user": alice}));
+    for c in [&mut a1, &mut a2, &mut a3] {
+        c.expect_close(3503, "force disconnect");
+    }
+    seed.expect_close(3503, "force disconnect");
+    // With a code and reason, for one client.
+    let (mut b2, b2_id) = connect_as(api_addr, &bob);
+    result(
+        api_addr,
+        "disconnect",
+        json!({"user": bob, "client": b2_id, "disconnect": {"code": 4001, "reason": "bye"}}),
+    );
+    b2.expect_close(4001, "bye");
+    result(api_addr, "publish", json!({"channel": room, "data": 3}));
+    assert_eq!(b.recv_publication(&room)["data"], json!(3));
+}
+
+fn server_side_commands_embedded(rt: Runtime) {
+    let cfg = token_config();
+    let n = Node::embedded(rt, &flags(&cfg));
+    server_side_commands(&n, &n, None);
+}
+
+fn server_side_commands_on_two_nodes(rt: Runtime) {
+    let cfg = token_config();
+    let redis = RedisServer::start();
+    let n1 = Node::redis(rt, &redis, &flags(&cfg));
+    let n2 = Node::redis(rt, &redis, &flags(&cfg));
+    server_side_commands(&n1, &n2, Some(&redis));
+}
+
+fn presence_of(addr: SocketAddr, room: &str) -> Value {
+    result(addr, "presence", json!({"channel": room}))["presence"].clone()
+}
+
+fn presence(api_node: &Node, other: &Node) {
+    let room = format!("pres:{}", unique("p"));
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let (mut a1, a1_id) = connect_as(api_node.addr(), &alice);
+    let (mut a2, a2_id) = connect_as(other.addr(), &alice);
+    let (mut b, b_id) = connect_as(other.addr(), &bob);
+    for c in [&mut a1, &mut a2, &mut b] {
+        c.subscribe(&room);
+    }
+    roomcast_tests::wait_until("three clients present", TIMEOUT, || {
+        presence_of(api_node.addr(), &room)
+            .as_object()
+            .is_some_and(|p| p.len() == 3)
+    });
+    let p = presence_of(api_node.addr(), &room);
+    for (id, user) in [(&a1_id, &alice), (&a2_id, &alice), (&b_id, &bob)] {
+        assert_eq!(p[id]["client"], id.as_str(), "{p}");
+        assert_eq!(p[id]["user"], user.as_str(), "{p}");
+    }
+    let s = result(api_node.addr(), "presence_stats", json!({"channel": room}));
+    assert_eq!(s, json!({"num_clients": 3, "num_users": 2}));
+    b.unsubscribe(&room);
+    roomcast_tests::wait_until("bob gone", TIMEOUT, || {
+        result(api_node.addr(), "presence_stats", json!({"channel": room}))
+            == json!({"num_clients": 2, "num_users": 1})
+    });
+    // No presence in the namespace: 108; no namespace: 102.
+    let e = error(api_node.addr(), "presence", json!({"channel": "plain:x"}));
+    assert_eq!(e["code"], 108, "{e}");
+    let e = error(
+        api_node.addr(),
+        "presence_stats",
+        json!({"channel": "plain:x"}),
+    );
+    assert_eq!(e["code"], 108, "{e}");
+    let e = error(api_node.addr(), "presence", json!({"channel": "nope:x"}));
+    assert_eq!(e["code"], 102, "{e}");
+}
+
+fn presence_embedded(rt: Runtime) {
+    let cfg = token_config();
+    let n = Node::embedded(rt, &flags(&cfg));
+    presence(&n, &n);
+}
+
+fn presence_on_two_nodes(rt: Runtime) {
+    let cfg = token_config();
+    let redis = RedisServer::start();
+    let n1 = Node::redis(rt, &redis, &flags(&cfg));
+    let n2 = Node::redis(rt, &redis, &flags(&cfg));
+    presence(&n1, &n2);
+}
+
+fn info_and_channels_list_the_fleet(rt: Runtime) {
+    let cfg = config();
+    let redis = RedisServer::start();
+    let mut f = flags(&cfg);
+    f.extend(["--node-announce-interval", "300ms"]);
+    let n1 = Node::redis(rt, &redis, &f);
+    let n2 = Node::redis(rt, &redis, &f);
+    let (a, b) = (unique("fleet-a"), unique("fleet-b"));
+    let mut clients = Vec::new();
+    for (node, room) in [(&n1, &a), (&n1, &a), (&n2, &a), (&n2, &b)] {
+        let mut c = CfClient::connect(node.addr());
+        c.subscribe(room);
+        clients.push(c);
+    }
+    // Each node's numbers reach the other within an announce interval.
+    for n in [&n1, &n2] {
+        roomcast_tests::wait_until("both nodes' rooms in channels", TIMEOUT, || {
+            let c = result(n.addr(), "channels", json!({}))["channels"].clone();
+            c[&a]["num_clients"] == 3 && c[&b]["num_clients"] == 1
+        });
+        roomcast_tests::wait_until("both nodes in info", TIMEOUT, || {
+            let info = result(n.addr(), "info", json!({}));
+            let nodes = info["nodes"].as_array().cloned().unwrap_or_default();
+            let mut counts: Vec<u64> = nodes
+                .iter()
+                .map(|n| n["num_clients"].as_u64().unwrap_or(99))
+                .collect();
+            counts.sort();
+            counts == [2, 2]
+                && nodes
+                    .iter()
+                    .all(|n| n["uid"].as_str().is_some_and(|u| !u.is_empty()))
+        });
+    }
+    let c = result(n1.addr(), "channels", json!({"pattern": "fleet-b*"}));
+    assert_eq!(
+        c,
+        json!({"channels": {b.clone(): {"num_clients": 1}}}),
+        "{c}"
+    );
+    // A node that shuts down leaves the list.
+    drop(clients);
+    n2.shutdown().expect("a clean shutdown");
+    roomcast_tests::wait_until("one node left", TIMEOUT, || {
+        result(n1.addr(), "info", json!({}))["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    });
 }

@@ -257,6 +257,27 @@ pub fn channels_result<'a>(channels: impl IntoIterator<Item = (&'a str, usize)>)
     out
 }
 
+/// A `presence` result: `{"presence":{client:info,…}}`, each info a
+/// client info object's text (`{"user","client"[,"conn_info"][,"chan_info"]}`).
+pub fn presence_result<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("{\"presence\":{");
+    for (i, (client, info)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(client, &mut out);
+        out.push(':');
+        out.push_str(info);
+    }
+    out.push_str("}}");
+    out
+}
+
+/// A `presence_stats` result: `{"num_clients":N,"num_users":M}`.
+pub fn presence_stats_result(clients: usize, users: usize) -> String {
+    format!("{{\"num_clients\":{clients},\"num_users\":{users}}}")
+}
+
 /// One node of an `info` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo<'a> {
@@ -424,6 +445,17 @@ pub fn parse_method(m: ApiMethod, body: &[u8]) -> Result<ApiRequest<'_>, ApiErro
             client: f.string("client")?,
         },
         ApiMethod::Disconnect => {
+            // Fields that would narrow or widen who is disconnected are
+            // refused rather than ignored.
+            for field in ["whitelist", "session"] {
+                if f.get(field)?
+                    .is_some_and(|v| !matches!(v.get().trim_ascii(), "[]" | "\"\""))
+                {
+                    return Err(ApiError::NOT_AVAILABLE.with_message(format!(
+                        "not available: disconnect by {field} is not supported"
+                    )));
+                }
+            }
             let (code, reason) = f.disconnect()?;
             ApiRequest::Disconnect {
                 user: f.required_string("user")?,

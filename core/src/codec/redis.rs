@@ -285,15 +285,75 @@ return 0
 "#,
 };
 
+/// A node's announcement written (or refreshed), in one step: its JSON in
+/// the fleet's hash and its expiry (the server's clock plus the ttl) in
+/// the sorted set; announcements already expired (a crashed node's) are
+/// pruned, and both keys live as long as the ttl.
+///
+/// KEYS: hash, sorted set. ARGV: node id, announcement, ttl (s).
+/// Returns the number of nodes announced.
+pub const NODE_ANNOUNCE_SCRIPT: Script = Script {
+    name: "node_announce",
+    source: r#"
+local data, exp = KEYS[1], KEYS[2]
+local now = tonumber(redis.call('time')[1])
+local ttl = tonumber(ARGV[3])
+local gone = redis.call('zrangebyscore', exp, '-inf', now)
+if #gone > 0 then
+  redis.call('hdel', data, unpack(gone))
+  redis.call('zremrangebyscore', exp, '-inf', now)
+end
+redis.call('hset', data, ARGV[1], ARGV[2])
+redis.call('zadd', exp, now + ttl, ARGV[1])
+redis.call('expire', data, ttl)
+redis.call('expire', exp, ttl)
+return redis.call('hlen', data)
+"#,
+};
+
+/// The fleet's live announcements: expired ones pruned, then `HGETALL`'s
+/// flat node id, announcement list. KEYS: hash, sorted set.
+pub const NODES_GET_SCRIPT: Script = Script {
+    name: "nodes_get",
+    source: r#"
+local data, exp = KEYS[1], KEYS[2]
+local now = tonumber(redis.call('time')[1])
+local gone = redis.call('zrangebyscore', exp, '-inf', now)
+if #gone > 0 then
+  redis.call('hdel', data, unpack(gone))
+  redis.call('zremrangebyscore', exp, '-inf', now)
+end
+return redis.call('hgetall', data)
+"#,
+};
+
 /// Every script a link loads.
-pub const SCRIPTS: [&Script; 6] = [
+pub const SCRIPTS: [&Script; 8] = [
     &PUBLISH_SCRIPT,
     &HISTORY_SCRIPT,
     &PUBLISH_ONCE_SCRIPT,
     &PRESENCE_ADD_SCRIPT,
     &PRESENCE_REMOVE_SCRIPT,
     &PRESENCE_GET_SCRIPT,
+    &NODE_ANNOUNCE_SCRIPT,
+    &NODES_GET_SCRIPT,
 ];
+
+/// The keys of the fleet's node announcements (one hash tag, one slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetKeys {
+    pub data: String,
+    pub expiry: String,
+}
+
+impl FleetKeys {
+    pub fn new(prefix: &str) -> FleetKeys {
+        FleetKeys {
+            data: format!("{prefix}__roomcast.nodes.{{fleet}}"),
+            expiry: format!("{prefix}__roomcast.nodes_exp.{{fleet}}"),
+        }
+    }
+}
 
 /// The keys of a room's presence (the room's hash tag, like its history).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -164,6 +164,9 @@ pub struct Broker {
     batch: usize,
     publish_buffer: usize,
     probe_channel: String,
+    /// The fleet's control channel (server-side subscribe, unsubscribe and
+    /// disconnect), subscribed like the probe channel when set.
+    control_channel: Option<String>,
     probe_seq: u64,
     probe_sent: Option<(u64, Duration)>,
     probe_due: bool,
@@ -205,6 +208,7 @@ impl Broker {
             batch: cfg.subscribe_batch.max(1),
             publish_buffer: cfg.limits.publish_buffer,
             probe_channel,
+            control_channel: None,
             probe_seq: 0,
             probe_sent: None,
             probe_due: false,
@@ -257,6 +261,23 @@ impl Broker {
         &self.probe_channel
     }
 
+    /// Subscribes `channel` on every link, as the probe channel is: the
+    /// fleet's control channel. Set before the first link comes up.
+    pub fn set_control_channel(&mut self, channel: String) {
+        self.control_channel = Some(channel);
+    }
+
+    /// The fleet's control channel, if set.
+    pub fn control_channel(&self) -> Option<&str> {
+        self.control_channel.as_deref()
+    }
+
+    /// A channel subscribed on every link whatever the rooms: the probe
+    /// channel, the control channel.
+    fn is_fixed(&self, channel: &str) -> bool {
+        channel == self.probe_channel || self.control_channel.as_deref() == Some(channel)
+    }
+
     pub fn counters(&self) -> BrokerCounters {
         self.counters
     }
@@ -270,7 +291,8 @@ impl Broker {
     /// Channels subscribed on the live link.
     pub fn subscriptions(&self) -> usize {
         if self.is_up() {
-            self.sent.len().saturating_sub(1)
+            let fixed = 1 + usize::from(self.control_channel.is_some());
+            self.sent.len().saturating_sub(fixed)
         } else {
             0
         }
@@ -361,7 +383,7 @@ impl Broker {
     pub fn room_added(&mut self, channel: &str) {
         // A room may carry the probe channel's name: the probe channel is
         // subscribed anyway, and stays so when that room empties.
-        if !self.link_open() || channel == self.probe_channel {
+        if !self.link_open() || self.is_fixed(channel) {
             return;
         }
         if self.sent.contains(channel) {
@@ -373,7 +395,7 @@ impl Broker {
 
     /// A room lost its last local member.
     pub fn room_removed(&mut self, channel: &str) {
-        if !self.link_open() || channel == self.probe_channel {
+        if !self.link_open() || self.is_fixed(channel) {
             return;
         }
         if self.sent.contains(channel) {
@@ -461,6 +483,9 @@ impl Broker {
         self.sent.clear();
         self.dirty.clear();
         self.dirty.insert(self.probe_channel.as_str().into(), true);
+        if let Some(c) = &self.control_channel {
+            self.dirty.insert(c.as_str().into(), true);
+        }
         for c in channels {
             self.dirty.insert(c.into(), true);
         }

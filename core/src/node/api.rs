@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::control::Control;
 use super::history::{HistoryOpts, Waiter};
 use super::{Admitted, Node, Publication, Reply, add, lock};
 use crate::codec::api::{self as a, ApiError, ApiMethod, IDEMPOTENCY_TTL};
@@ -35,6 +36,15 @@ use crate::metrics::ApiMetrics;
 /// The most idempotency keys remembered in memory (embedded broker); past
 /// it, an idempotent publish is refused with 106 until keys expire.
 pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// A `disconnect` without a code closes with this (Centrifugo's "force
+/// disconnect")…
+pub const DISCONNECT_CODE: u32 = 3503;
+/// …and this reason.
+pub const DISCONNECT_REASON: &str = "force disconnect";
+/// The longest close reason (a WebSocket close frame's payload is at most
+/// 125 bytes, 2 of them the code).
+pub const MAX_CLOSE_REASON: usize = 123;
 
 /// Latency buckets of `roomcast_api_request_duration_seconds`.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -252,6 +262,16 @@ enum WaitKind {
         since: Option<StreamPos>,
     },
     HistoryRemove,
+    /// The fleet's announcements, for `info`.
+    Info,
+    /// The fleet's announcements, for `channels`.
+    Channels {
+        pattern: Option<String>,
+    },
+    /// A presence read (`PRESENCE_GET`): `presence` or `presence_stats`.
+    Presence {
+        stats: bool,
+    },
 }
 
 /// A publication's data as a message, as a client's publish makes it: a
@@ -269,7 +289,7 @@ fn message_of(data: &str) -> Message<'_> {
 }
 
 /// `*` (any run) and `?` (one character) globbing, case-sensitive.
-fn glob(p: &[char], s: &[char]) -> bool {
+pub(super) fn glob(p: &[char], s: &[char]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
@@ -413,6 +433,19 @@ impl Node {
                 self.api_history_remove(&channel, &slot, now);
                 self.settle(meta, slot)
             }
+            a::ApiRequest::Channels { pattern } if self.announces() => {
+                let slot = Slot::new(1);
+                let pattern = pattern.map(|p| p.into_owned());
+                let call = self.nodes_call();
+                self.api_broker(call, false, &slot, 0, WaitKind::Channels { pattern });
+                self.settle(meta, slot)
+            }
+            a::ApiRequest::Info if self.announces() => {
+                let slot = Slot::new(1);
+                let call = self.nodes_call();
+                self.api_broker(call, false, &slot, 0, WaitKind::Info);
+                self.settle(meta, slot)
+            }
             a::ApiRequest::Channels { pattern } => {
                 let body = Ok(self.api_channels(pattern.as_deref()));
                 ApiCall::Ready(ApiAnswer { meta, body })
@@ -426,21 +459,100 @@ impl Node {
                     version,
                     num_clients: clients,
                     num_channels: rooms,
-                    uptime: now.as_secs(),
+                    uptime: now.saturating_sub(self.started).as_secs(),
                 }]));
                 ApiCall::Ready(ApiAnswer { meta, body })
             }
-            a::ApiRequest::Presence { .. }
-            | a::ApiRequest::PresenceStats { .. }
-            | a::ApiRequest::Subscribe { .. }
-            | a::ApiRequest::Unsubscribe { .. }
-            | a::ApiRequest::Disconnect { .. } => {
-                let m = method.map_or("this method", ApiMethod::name);
-                let body = Err(ApiError::NOT_AVAILABLE
-                    .with_message(format!("not available: {m} is not served yet")));
-                ApiCall::Ready(ApiAnswer { meta, body })
+            a::ApiRequest::Presence { channel } => {
+                let slot = Slot::new(1);
+                self.api_presence(&channel, false, &slot);
+                self.settle(meta, slot)
+            }
+            a::ApiRequest::PresenceStats { channel } => {
+                let slot = Slot::new(1);
+                self.api_presence(&channel, true, &slot);
+                self.settle(meta, slot)
+            }
+            a::ApiRequest::Subscribe {
+                user,
+                channel,
+                client,
+            } => {
+                let c = Control::Subscribe {
+                    user: user.into_owned(),
+                    channel: channel.into_owned(),
+                    client: client.map(|c| c.into_owned()),
+                };
+                self.api_control(meta, c)
+            }
+            a::ApiRequest::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                let c = Control::Unsubscribe {
+                    user: user.into_owned(),
+                    channel: channel.into_owned(),
+                    client: client.map(|c| c.into_owned()),
+                };
+                self.api_control(meta, c)
+            }
+            a::ApiRequest::Disconnect {
+                user,
+                client,
+                code,
+                reason,
+            } => {
+                let code = code.unwrap_or(DISCONNECT_CODE);
+                let reason = reason.map_or(DISCONNECT_REASON.into(), |r| r.into_owned());
+                if !(3000..=4999).contains(&code) {
+                    let e = ApiError::bad_request(
+                        "bad request: disconnect.code must be from 3000 to 4999",
+                    );
+                    return ApiCall::Ready(ApiAnswer { meta, body: Err(e) });
+                }
+                if reason.len() > MAX_CLOSE_REASON {
+                    let e = ApiError::bad_request(format!(
+                        "bad request: disconnect.reason longer than {MAX_CLOSE_REASON} bytes"
+                    ));
+                    return ApiCall::Ready(ApiAnswer { meta, body: Err(e) });
+                }
+                let c = Control::Disconnect {
+                    user: user.into_owned(),
+                    client: client.map(|c| c.into_owned()),
+                    code: code as u16,
+                    reason,
+                };
+                self.api_control(meta, c)
             }
         }
+    }
+
+    /// A server-side command: applied here (embedded), or published on
+    /// the control channel for every node (Redis; not held while the link
+    /// is down: at most once).
+    fn api_control(&self, meta: Meta, c: Control) -> ApiCall {
+        if let Control::Subscribe { channel, .. } | Control::Unsubscribe { channel, .. } = &c {
+            let checked = self.api_channel(channel).and_then(|()| {
+                crate::codec::seed::check_room(channel, &self.cfg.hub.limits)
+                    .map_err(|_| ApiError::bad_request("bad request: not a valid channel name"))
+            });
+            if let Err(e) = checked {
+                return ApiCall::Ready(ApiAnswer { meta, body: Err(e) });
+            }
+        }
+        let slot = Slot::new(1);
+        match self.cfg.mode {
+            BrokerMode::Local => {
+                self.apply_control(&c);
+                slot.fill(0, Ok("{}".into()));
+            }
+            BrokerMode::Remote => {
+                let call = Call::publish(&self.control_channel, c.encode());
+                self.api_broker(call, false, &slot, 0, WaitKind::PublishPlain);
+            }
+        }
+        self.settle(meta, slot)
     }
 
     /// Ready if every part is in, else pending.
@@ -785,6 +897,36 @@ impl Node {
         }
     }
 
+    /// `presence` (`stats: false`) or `presence_stats` of a channel: the
+    /// node's book (embedded), or the room's presence in Redis.
+    fn api_presence(&self, channel: &str, stats: bool, slot: &Arc<Slot>) {
+        if let Err(e) = self.api_channel(channel) {
+            return slot.fill(0, Err(e));
+        }
+        if self.presence_of(channel).is_none() {
+            return slot.fill(
+                0,
+                Err(ApiError::NOT_AVAILABLE
+                    .with_message("not available: the channel has no presence")),
+            );
+        }
+        match self.cfg.mode {
+            BrokerMode::Local => {
+                let entries = self.local_presence(channel);
+                slot.fill(0, Ok(presence_answer(stats, &entries)));
+            }
+            BrokerMode::Remote => {
+                let keys = r::PresenceKeys::new(&self.cfg.hub.channel_prefix, channel);
+                let call = Call::script(
+                    &r::PRESENCE_GET_SCRIPT,
+                    &[&keys.data, &keys.expiry],
+                    Vec::new(),
+                );
+                self.api_broker(call, false, slot, 0, WaitKind::Presence { stats });
+            }
+        }
+    }
+
     /// This node's rooms with their local member counts, sorted, those
     /// matching `pattern` if given.
     fn api_channels(&self, pattern: Option<&str>) -> String {
@@ -823,6 +965,16 @@ impl Node {
             (WaitKind::PublishPlain, Some(_)) | (WaitKind::HistoryRemove, Some(_)) => {
                 Ok("{}".into())
             }
+            (WaitKind::Info, Some(reply)) => self.fleet_info(&reply),
+            (WaitKind::Channels { pattern }, Some(reply)) => {
+                self.fleet_channels(&reply, pattern.as_deref())
+            }
+            (WaitKind::Presence { stats }, Some(reply)) => {
+                match super::presence::parse_entries(&reply) {
+                    Some(entries) => Ok(presence_answer(stats, &entries)),
+                    None => failed(),
+                }
+            }
             (WaitKind::History { since }, Some(reply)) => {
                 match super::history::parse_read(&reply) {
                     Some(read) => history_answer(since.as_ref(), read),
@@ -831,6 +983,18 @@ impl Node {
             }
         };
         w.slot.fill(w.part, r);
+    }
+}
+
+/// A presence or presence-stats result from client → info pairs.
+fn presence_answer(stats: bool, entries: &[(String, String)]) -> String {
+    if stats {
+        let users = super::presence::count_users(entries.iter().map(|(_, i)| i.as_str()));
+        a::presence_stats_result(entries.len(), users)
+    } else {
+        let mut sorted: Vec<&(String, String)> = entries.iter().collect();
+        sorted.sort();
+        a::presence_result(sorted.into_iter().map(|(c, i)| (c.as_str(), i.as_str())))
     }
 }
 

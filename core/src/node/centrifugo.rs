@@ -145,9 +145,11 @@ impl CfSession {
             .collect();
         for room in expired {
             self.sub_expiries.remove(&room);
-            node.leave(peer, &room);
-            let push = cf::UnsubscribeCode::EXPIRED.encode_push(&room);
-            node.send(peer, Bytes::from(push));
+            // Gone already (a server-side unsubscribe): no push.
+            if node.leave(peer, &room) {
+                let push = cf::UnsubscribeCode::EXPIRED.encode_push(&room);
+                node.send(peer, Bytes::from(push));
+            }
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
             add(&node.stats.no_pong_closes, 1);
@@ -254,6 +256,7 @@ impl CfSession {
                 self.connected = true;
                 self.next_ping = self.ping_after(now);
                 self.accept_claims(node, &claims);
+                node.index_user(peer, &self.user.id, &self.info);
                 let (expires, ttl) = self.ttl(claims.expires_at, now);
                 let reply = cf::encode_connect_reply(
                     id,

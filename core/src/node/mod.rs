@@ -37,6 +37,8 @@
 mod admission;
 mod api;
 mod centrifugo;
+pub mod control;
+mod fleet;
 pub mod history;
 pub mod limiter;
 pub mod outbox;
@@ -237,15 +239,21 @@ struct Shared {
     now: Duration,
     /// When this node next re-adds its presence entries (Redis).
     presence_due: Option<Duration>,
+    /// When this node next writes its announcement (Redis).
+    announce_due: Option<Duration>,
 }
 
 impl Shared {
     /// The node's next deadline: the broker's, or the presence refresh.
     fn deadline(&self) -> Option<Duration> {
-        match (self.hub.broker().deadline(), self.presence_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.hub.broker().deadline(),
+            self.presence_due,
+            self.announce_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The wakers to wake once the lock is released.
@@ -282,6 +290,13 @@ pub struct Node {
     cfg: NodeConfig,
     auth: Arc<Auth>,
     probe_channel: String,
+    /// The fleet's control channel (server-side subscribe, unsubscribe,
+    /// disconnect).
+    control_channel: String,
+    /// Connections by user, for those commands.
+    users: Mutex<control::Users>,
+    /// The node's time when it was made (its uptime's start).
+    started: Duration,
     shared: Mutex<Shared>,
     admission: admission::Admission,
     stats: Stats,
@@ -310,16 +325,25 @@ impl Node {
             &cfg.hub.channel_prefix,
             &format!("__roomcast.probe.{}", cfg.node_id),
         );
+        let control = envelope::channel_for(&cfg.hub.channel_prefix, control::CONTROL_CHANNEL);
+        let mut hub = Hub::new(cfg.hub.clone(), cfg.mode, probe.clone(), now);
+        if cfg.mode == BrokerMode::Remote {
+            hub.broker_mut().set_control_channel(control.clone());
+        }
         Node {
             admission: admission::Admission::new(cfg.max_sockets, cfg.operator_reserve),
             auth,
-            probe_channel: probe.clone(),
+            probe_channel: probe,
+            control_channel: control,
+            users: Mutex::new(control::Users::default()),
+            started: now,
             shared: Mutex::new(Shared {
-                hub: Hub::new(cfg.hub.clone(), cfg.mode, probe, now),
+                hub,
                 broker_waker: None,
                 timer_waker: None,
                 timer_seen: None,
                 presence_due: None,
+                announce_due: None,
                 now,
             }),
             cfg,
@@ -354,6 +378,7 @@ impl Node {
                 // Back on Redis: this node's presence entries again, now.
                 let now = s.now;
                 self.presence_refresh(&mut s, now);
+                self.announce(&mut s, now);
                 self.heal_all(&mut s)
             } else {
                 Vec::new()
@@ -608,7 +633,12 @@ impl Node {
             })
         };
         match self.with(|s| s.hub.open_with(make)) {
-            Ok(peer) => Conn(peer),
+            Ok(peer) => {
+                if let (ClientProtocol::Seed, Some(c)) = (protocol, &claims) {
+                    self.index_user(&peer, &c.user, "");
+                }
+                Conn(peer)
+            }
             Err(_) => {
                 // After shutdown: closed at once.
                 let peer = make(ConnId(0));
@@ -689,6 +719,7 @@ impl Node {
     /// The connection's task has finished: nothing of it remains.
     pub fn closed(&self, conn: Conn) {
         let id = conn.0.id;
+        self.unindex_user(id);
         self.with(|s| {
             s.hub.close(id);
         });
@@ -944,6 +975,13 @@ impl Node {
             });
             return Taken::Probe;
         }
+        // A server-side command for this node's connections; anything else
+        // on the control channel is a room's (a room may carry its name).
+        if self.control_channel.as_bytes() == channel
+            && let Some(c) = control::Control::parse(payload)
+        {
+            return Taken::Delivered(self.apply_control(&c));
+        }
         if payload.len() > self.cfg.hub.limits.max_broker_payload_bytes {
             add(&self.stats.broker_payloads_too_large, 1);
             return Taken::TooLarge { len: payload.len() };
@@ -1097,6 +1135,9 @@ impl Node {
             if s.presence_due.is_some_and(|d| d <= now) {
                 self.presence_refresh(s, now);
             }
+            if s.announce_due.is_some_and(|d| d <= now) {
+                self.announce(s, now);
+            }
         });
     }
 
@@ -1109,8 +1150,12 @@ impl Node {
     /// queued has gone out.
     pub fn shutdown(&self) {
         // Connections first: their presence entries are removed on the
-        // way out (queued before the broker session ends).
-        let closed = self.with(|s| s.hub.close_all());
+        // way out (queued before the broker session ends), with this
+        // node's announcement.
+        let closed = self.with(|s| {
+            self.withdraw(s);
+            s.hub.close_all()
+        });
         self.with(|s| s.hub.broker_mut().shutdown());
         for (_, peer) in closed {
             let (code, reason) = seed::shutdown_close(peer.protocol);

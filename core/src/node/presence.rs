@@ -171,7 +171,7 @@ pub(super) fn parse_event(payload: &[u8]) -> Option<(bool, String, String)> {
 
 /// A presence read (`HGETALL`'s flat list) as client → info, keeping only
 /// entries that are client infos.
-fn parse_entries(reply: &Reply) -> Option<Vec<(String, String)>> {
+pub(super) fn parse_entries(reply: &Reply) -> Option<Vec<(String, String)>> {
     let flat = reply.as_array()?;
     let mut out = Vec::with_capacity(flat.len() / 2);
     for kv in flat.chunks_exact(2) {
@@ -191,7 +191,7 @@ fn parse_entries(reply: &Reply) -> Option<Vec<(String, String)>> {
 }
 
 /// Distinct users among client infos.
-fn count_users<'a>(infos: impl Iterator<Item = &'a str>) -> usize {
+pub(super) fn count_users<'a>(infos: impl Iterator<Item = &'a str>) -> usize {
     let mut users = HashSet::new();
     for info in infos {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(info)
@@ -428,6 +428,21 @@ impl Node {
             .rooms
             .get(room)
             .map_or(0, |r| r.listeners.len())
+    }
+
+    /// This node's entries of `room`, client → info (embedded: the whole
+    /// presence).
+    pub(super) fn local_presence(&self, room: &str) -> Vec<(String, String)> {
+        lock(&self.presence)
+            .rooms
+            .get(room)
+            .map(|rp| {
+                rp.entries
+                    .iter()
+                    .map(|(c, i)| (client_id(&self.cfg.node_id, *c), i.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A client's `presence` or `presence_stats`, permission checked.

@@ -63,6 +63,12 @@ fn remote() -> Node {
     Node::new(
         NodeConfig {
             mode: BrokerMode::Remote,
+            // Without node announcements, whose publishes these tests do
+            // not expect (see `a_remote_node_announces_itself`).
+            api: crate::config::ApiConfig {
+                announce_interval: Duration::ZERO,
+                ..Default::default()
+            },
             ..NodeConfig::default()
         },
         T0,
@@ -1742,4 +1748,85 @@ fn a_room_over_its_presence_cap_says_so_and_sends_no_join_leave() {
     text(&n, &d, &sub("r"));
     assert_eq!(joins(&n), 1, "2 of 2: joins again");
     assert_eq!(n.snapshot().presence_capped_rooms, 0);
+}
+
+#[test]
+fn a_remote_node_announces_itself_and_subscribes_the_control_channel() {
+    let n = Node::new(
+        NodeConfig {
+            mode: BrokerMode::Remote,
+            ..NodeConfig::default()
+        },
+        T0,
+    );
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!()
+    };
+    assert_eq!(ops, vec![BrokerOp::Connect(Session(1))]);
+    n.broker_connected(Session(1), T0);
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!()
+    };
+    let subscribed: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            BrokerOp::Subscribe(c) => Some(c.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        subscribed.contains(&control::CONTROL_CHANNEL.to_string()),
+        "{subscribed:?}"
+    );
+    let Some(BrokerOp::Probe { channel, payload }) = ops.last() else {
+        panic!("{ops:?}")
+    };
+    n.broker_message(channel.as_bytes(), payload);
+    assert!(n.broker_up());
+    let announce = crate::codec::redis::NODE_ANNOUNCE_SCRIPT.sha1();
+    let announced = |ops: Vec<BrokerOp>| {
+        ops.iter().any(|op| {
+            matches!(op, BrokerOp::Query(q)
+                if q.iter().any(|(_, c)| c.0.get(1).is_some_and(|s| s[..] == *announce.as_bytes())))
+        })
+    };
+    // Once up, and again every interval.
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!("no announcement once up")
+    };
+    assert!(announced(ops));
+    let due = n.deadline().unwrap();
+    assert!(due <= T0 + crate::config::ApiConfig::default().announce_interval);
+    n.timeout(T0 + crate::config::ApiConfig::default().announce_interval);
+    let Poll::Ready(Some(ops)) = n.poll_broker(&mut cx) else {
+        panic!("no announcement after the interval")
+    };
+    assert!(announced(ops));
+    // A command on the control channel reaches a user's connection: a
+    // seed connection of user 7 is closed with its code.
+    let claims = crate::auth::ConnClaims {
+        user: "7".into(),
+        ..crate::auth::ConnClaims::anonymous()
+    };
+    let c = n.open(ClientProtocol::Seed, Some(claims), T0);
+    let cmd = control::Control::Disconnect {
+        user: "7".into(),
+        client: None,
+        code: 4001,
+        reason: "bye".into(),
+    };
+    assert_eq!(
+        n.broker_message(control::CONTROL_CHANNEL.as_bytes(), &cmd.encode()),
+        Taken::Delivered(1)
+    );
+    assert_eq!(n.queued_close(&c), Some((4001, "bye".into())));
+    n.closed(c);
+    assert_eq!(
+        n.broker_message(control::CONTROL_CHANNEL.as_bytes(), &cmd.encode()),
+        Taken::Delivered(0),
+        "gone from the index once closed"
+    );
 }
