@@ -845,6 +845,11 @@ async fn admin(webdriver: &str, chromium: &Path, profiles: &Path) {
         "node 1 ({client_a}) among {listed:?}"
     );
     assert_eq!(v["tiles"]["nodes"], listed.len().to_string(), "{v}");
+    assert_eq!(
+        listed.len(),
+        2,
+        "both nodes, from their announcements: {info}"
+    );
 
     // The room, with the count the API gives it.
     let chans = api_call(n1.addr(), "channels", json!({}));
@@ -913,7 +918,17 @@ async fn admin(webdriver: &str, chromium: &Path, profiles: &Path) {
     assert_eq!(v["roomTitle"], format!("Room {ADMIN_ROOM}"));
     let newest = v["history"][0].as_str().unwrap_or("");
     assert!(newest.ends_with("bob: flow #5"), "newest first: {v}");
+    let state_b = bounded(
+        "page B's client",
+        b.execute("return window.__roomcast.state();", vec![]),
+    )
+    .await;
+    let client_b = state_b["client"].as_str().expect("a client id").to_string();
     let presence = api_call(n1.addr(), "presence", json!({"channel": ADMIN_ROOM}));
+    assert!(
+        presence["result"]["presence"][&client_b].is_object(),
+        "the API lists bob on the other node: {presence}"
+    );
     let v = match presence.get("result") {
         Some(r) => {
             let mut want: Vec<String> = r["presence"]
