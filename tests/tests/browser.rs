@@ -388,6 +388,7 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     // Record every change of page A's status line, so the short-lived
     // "closed" state is seen even though the page soon tries to reconnect.
     bounded("watch page A's status", a.execute(WATCH_STATUS_JS, vec![])).await;
+    let n1_port = n1.addr().port();
     let pending = n1.shutdown_in_background();
     let closed = first_closed(&a).await;
     screenshot(&a, &shots.join("page-a-closed.png")).await;
@@ -405,6 +406,26 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
     // Page B, on node 2, is untouched.
     let p = page(&b).await;
     assert!(p.is_open(), "page B after node 1 shut down: {p:?}");
+
+    // Bob talks while node 1 is down; node 1 comes back on its port, and
+    // page A reconnects by itself and shows what it missed.
+    let while_down = "said while node 1 was down";
+    fill(&b, "text", while_down).await;
+    click(&b, "send").await;
+    let line_down = format!("[{ROOM}] bob: {while_down}");
+    wait_page(&b, "page B shows its message", |p| p.has(&line_down)).await;
+    let n1 = roomcast_tests::centrifugo::NodeOnPort::start(
+        Runtime::Tokio,
+        n1_port,
+        Some(&redis.url()),
+        &["--recovery-max-publications", &max],
+    );
+    wait_page(&a, "page A is back after the restart and shows what it missed", |p| {
+        p.is_open() && p.subscribed && p.has(&line_down)
+    })
+    .await;
+    screenshot(&a, &shots.join("page-a-after-restart.png")).await;
+    drop(n1);
 
     bounded("end session A", a.close()).await;
     bounded("end session B", b.close()).await;
