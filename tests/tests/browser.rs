@@ -420,9 +420,11 @@ async fn chat(webdriver: &str, chromium: &Path, profiles: &Path) {
         Some(&redis.url()),
         &["--recovery-max-publications", &max],
     );
-    wait_page(&a, "page A is back after the restart and shows what it missed", |p| {
-        p.is_open() && p.subscribed && p.has(&line_down)
-    })
+    wait_page(
+        &a,
+        "page A is back after the restart and shows what it missed",
+        |p| p.is_open() && p.subscribed && p.has(&line_down),
+    )
     .await;
     screenshot(&a, &shots.join("page-a-after-restart.png")).await;
     drop(n1);
