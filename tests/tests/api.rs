@@ -503,6 +503,23 @@ fn the_api_is_off_without_a_key(rt: Runtime) {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("\"nodes\""), "{r:?}");
     assert_eq!(post(n.addr(), "info", "{}", &[]).status, 404);
+    // A browser's request from another site is refused (a key-less API
+    // would otherwise take a publish from any page open in an operator's
+    // browser); from the node's own origin (the admin page) it is not.
+    let before = n.metric("roomcast_origin_refused_total");
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let r = post(
+            api_addr,
+            "publish",
+            r#"{"channel":"x","data":1}"#,
+            &[&format!("Origin: {origin}")],
+        );
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+    }
+    assert_eq!(n.metric("roomcast_origin_refused_total"), before + 3);
+    let own = format!("Origin: http://{listen}");
+    let r = post(api_addr, "info", "{}", &[&own]);
+    assert_eq!(r.status, 200, "same origin: {r:?}");
 }
 
 /// With tokens (anonymous connections still allowed), a presence

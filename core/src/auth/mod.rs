@@ -386,6 +386,16 @@ impl Auth {
         origin_allowed(origin, host, &self.origins)
     }
 
+    /// Whether a server API request may proceed as to its `Origin`: a
+    /// request without one (an API client) may; a browser's may from the
+    /// node's own origin (the admin page) or one `allowed_origins` allows.
+    /// Without this, any web page open in an operator's browser could
+    /// post to a key-less (`--api-insecure`) API.
+    pub fn api_origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        origin_allowed(origin, host, &[])
+            || (!self.origins.is_empty() && origin_allowed(origin, host, &self.origins))
+    }
+
     /// Whether an HTTP API key is configured.
     pub fn api_key_configured(&self) -> bool {
         self.api_key.is_some()

@@ -261,6 +261,12 @@ pub struct ApiHead {
     pub keep_alive: bool,
     /// `X-Centrifugo-Error-Mode: transport`: errors as HTTP statuses.
     pub transport_errors: bool,
+    /// The `Origin` header: browsers send it, API clients do not. A
+    /// duplicate or non-UTF-8 one is kept as `Some("")`, which no rule
+    /// allows.
+    pub origin: Option<String>,
+    /// The `Host` header, for the same-host rule.
+    pub host: Option<String>,
 }
 
 impl fmt::Debug for ApiHead {
@@ -272,6 +278,8 @@ impl fmt::Debug for ApiHead {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("keep_alive", &self.keep_alive)
             .field("transport_errors", &self.transport_errors)
+            .field("origin", &self.origin)
+            .field("host", &self.host)
             .finish()
     }
 }
@@ -324,6 +332,15 @@ fn api_head(
     let transport_errors = headers
         .all("x-centrifugo-error-mode")
         .any(|v| v.eq_ignore_ascii_case(b"transport"));
+    let origin = match headers.single("origin") {
+        Ok(None) => None,
+        Ok(Some(v)) => Some(std::str::from_utf8(v).unwrap_or("").to_owned()),
+        Err(()) => Some(String::new()),
+    };
+    let host = match headers.single("host") {
+        Ok(Some(v)) => std::str::from_utf8(v).ok().map(str::to_owned),
+        _ => None,
+    };
     Ok(ApiHead {
         method: path[API_PATH.len()..].to_owned(),
         head_len,
@@ -331,6 +348,8 @@ fn api_head(
         api_key,
         keep_alive,
         transport_errors,
+        origin,
+        host,
     })
 }
 

@@ -343,6 +343,18 @@ impl Node {
                 false,
             ));
         }
+        if !self
+            .auth
+            .api_origin_allowed(head.origin.as_deref(), head.host.as_deref())
+        {
+            add(&self.stats.origin_refused, 1);
+            return Reply::Respond(http::response(
+                403,
+                text,
+                b"forbidden: this Origin may not call the server API (see --allowed-origins)\n",
+                false,
+            ));
+        }
         if head.content_length > self.cfg.api.max_body {
             add(&self.api.too_large, 1);
             let body = format!(
