@@ -285,23 +285,24 @@ impl Node {
                 // publishes but not in their buffer: while the link is
                 // down they would only crowd out messages, and the refresh
                 // when it is back writes every live entry anyway.
-                let sent = self.with(|s| {
+                self.with(|s| {
                     if s.presence_due.is_none() {
                         s.presence_due = Some(s.now + refresh);
                     }
-                    let b = s.hub.broker_mut();
-                    let sent = b.query(ticket, call);
-                    if let Some((t, c)) = event {
-                        b.query(t, c);
+                    // The waiter goes in under the hub's lock, with the
+                    // call: the reply cannot come before it.
+                    if s.hub.broker_mut().query(ticket, call) {
+                        lock(&self.waiters).insert(
+                            ticket,
+                            super::history::Waiter::Presence(PresenceWait::Count {
+                                room: room.into(),
+                            }),
+                        );
                     }
-                    sent
+                    if let Some((t, c)) = event {
+                        s.hub.broker_mut().query(t, c);
+                    }
                 });
-                if sent {
-                    lock(&self.waiters).insert(
-                        ticket,
-                        super::history::Waiter::Presence(PresenceWait::Count { room: room.into() }),
-                    );
-                }
             }
         }
     }
@@ -470,18 +471,24 @@ impl Node {
                     Vec::new(),
                 );
                 let ticket = self.ticket();
-                let queued = self.with(|s| s.hub.broker_mut().query(ticket, call));
-                if queued {
-                    lock(&self.waiters).insert(
-                        ticket,
-                        super::history::Waiter::Presence(PresenceWait::Command {
-                            peer: peer.clone(),
-                            id,
-                            stats,
-                            room: room.into(),
-                        }),
-                    );
-                } else {
+                // The waiter goes in under the hub's lock, with the read:
+                // the reply cannot come before it.
+                let queued = self.with(|s| {
+                    let q = s.hub.broker_mut().query(ticket, call);
+                    if q {
+                        lock(&self.waiters).insert(
+                            ticket,
+                            super::history::Waiter::Presence(PresenceWait::Command {
+                                peer: peer.clone(),
+                                id,
+                                stats,
+                                room: room.into(),
+                            }),
+                        );
+                    }
+                    q
+                });
+                if !queued {
                     self.send(peer, Bytes::from(ErrorCode::INTERNAL.encode_reply(id)));
                 }
             }
