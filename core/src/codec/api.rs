@@ -625,6 +625,12 @@ impl<'a> Fields<'a> {
     fn data(&self) -> Result<&'a str, ApiError> {
         match self.get("data")? {
             None => Err(ApiError::bad_request("bad request: data required")),
+            // Valid JSON grammar, but a number no client's JSON could hold
+            // (`1e999`) would be published and then fail to parse on the
+            // way back from Redis or in a client: refused here.
+            Some(v) if serde_json::from_str::<serde_json::Value>(v.get()).is_err() => Err(
+                ApiError::bad_request("bad request: data holds a number out of range"),
+            ),
             Some(v) => Ok(v.get()),
         }
     }
@@ -756,6 +762,12 @@ mod tests {
     fn publish_refusals() {
         let cases = [
             (r#"{"data":1}"#, 107, 400),
+            (
+                r#"{"channel":"c","data":17e777777777777777777777}"#,
+                107,
+                400,
+            ),
+            (r#"{"channel":"c","data":{"a":[1e999]}}"#, 107, 400),
             (r#"{"channel":"","data":1}"#, 107, 400),
             (r#"{"channel":"c"}"#, 107, 400),
             (r#"{"channel":"c","data":null}"#, 107, 400),
