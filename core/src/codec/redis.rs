@@ -212,7 +212,8 @@ pub fn history_remove(keys: &HistoryKeys) -> Call {
     Call::cmd(&[b"DEL", keys.stream.as_bytes()])
 }
 
-/// Adds (or refreshes) clients in a room's presence, in one step: each
+/// Adds (or refreshes) entries of an expiring hash, in one step (a room's
+/// presence, and the fleet's node announcements, [`FleetKeys`]): each
 /// client's info in the hash and its expiry (the server's clock plus the
 /// ttl) in the sorted set; entries already expired are pruned, and both
 /// keys live as long as the ttl.
@@ -252,8 +253,8 @@ return redis.call('hlen', data)
 "#,
 };
 
-/// A room's presence: expired entries (a crashed node's clients) pruned,
-/// then every client's info. KEYS: hash, sorted set. Returns `HGETALL`'s
+/// An expiring hash read (a room's presence, the fleet's announcements):
+/// expired entries (a crashed node's) pruned, then every entry. KEYS: hash, sorted set. Returns `HGETALL`'s
 /// flat client, info list.
 pub const PRESENCE_GET_SCRIPT: Script = Script {
     name: "presence_get",
@@ -285,58 +286,14 @@ return 0
 "#,
 };
 
-/// A node's announcement written (or refreshed), in one step: its JSON in
-/// the fleet's hash and its expiry (the server's clock plus the ttl) in
-/// the sorted set; announcements already expired (a crashed node's) are
-/// pruned, and both keys live as long as the ttl.
-///
-/// KEYS: hash, sorted set. ARGV: node id, announcement, ttl (s).
-/// Returns the number of nodes announced.
-pub const NODE_ANNOUNCE_SCRIPT: Script = Script {
-    name: "node_announce",
-    source: r#"
-local data, exp = KEYS[1], KEYS[2]
-local now = tonumber(redis.call('time')[1])
-local ttl = tonumber(ARGV[3])
-local gone = redis.call('zrangebyscore', exp, '-inf', now)
-if #gone > 0 then
-  redis.call('hdel', data, unpack(gone))
-  redis.call('zremrangebyscore', exp, '-inf', now)
-end
-redis.call('hset', data, ARGV[1], ARGV[2])
-redis.call('zadd', exp, now + ttl, ARGV[1])
-redis.call('expire', data, ttl)
-redis.call('expire', exp, ttl)
-return redis.call('hlen', data)
-"#,
-};
-
-/// The fleet's live announcements: expired ones pruned, then `HGETALL`'s
-/// flat node id, announcement list. KEYS: hash, sorted set.
-pub const NODES_GET_SCRIPT: Script = Script {
-    name: "nodes_get",
-    source: r#"
-local data, exp = KEYS[1], KEYS[2]
-local now = tonumber(redis.call('time')[1])
-local gone = redis.call('zrangebyscore', exp, '-inf', now)
-if #gone > 0 then
-  redis.call('hdel', data, unpack(gone))
-  redis.call('zremrangebyscore', exp, '-inf', now)
-end
-return redis.call('hgetall', data)
-"#,
-};
-
 /// Every script a link loads.
-pub const SCRIPTS: [&Script; 8] = [
+pub const SCRIPTS: [&Script; 6] = [
     &PUBLISH_SCRIPT,
     &HISTORY_SCRIPT,
     &PUBLISH_ONCE_SCRIPT,
     &PRESENCE_ADD_SCRIPT,
     &PRESENCE_REMOVE_SCRIPT,
     &PRESENCE_GET_SCRIPT,
-    &NODE_ANNOUNCE_SCRIPT,
-    &NODES_GET_SCRIPT,
 ];
 
 /// The keys of the fleet's node announcements (one hash tag, one slot).

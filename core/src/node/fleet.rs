@@ -102,12 +102,12 @@ impl Node {
         let ttl = (every * 3).as_secs_f64().ceil() as u64 + 1;
         let keys = FleetKeys::new(&self.cfg.hub.channel_prefix);
         let call = Call::script(
-            &r::NODE_ANNOUNCE_SCRIPT,
+            &r::PRESENCE_ADD_SCRIPT,
             &[&keys.data, &keys.expiry],
             vec![
+                Bytes::from(ttl.to_string()),
                 Bytes::from(self.cfg.node_id.clone()),
                 Bytes::from(json),
-                Bytes::from(ttl.to_string()),
             ],
         );
         // A read's path, not a publish's: not held while the link is down,
@@ -136,7 +136,7 @@ impl Node {
     pub(super) fn nodes_call(&self) -> Call {
         let keys = FleetKeys::new(&self.cfg.hub.channel_prefix);
         Call::script(
-            &r::NODES_GET_SCRIPT,
+            &r::PRESENCE_GET_SCRIPT,
             &[&keys.data, &keys.expiry],
             Vec::new(),
         )

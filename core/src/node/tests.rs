@@ -1786,11 +1786,13 @@ fn a_remote_node_announces_itself_and_subscribes_the_control_channel() {
     };
     n.broker_message(channel.as_bytes(), payload);
     assert!(n.broker_up());
-    let announce = crate::codec::redis::NODE_ANNOUNCE_SCRIPT.sha1();
+    let announce = crate::codec::redis::PRESENCE_ADD_SCRIPT.sha1();
+    let fleet = crate::codec::redis::FleetKeys::new("").data;
     let announced = |ops: Vec<BrokerOp>| {
         ops.iter().any(|op| {
             matches!(op, BrokerOp::Query(q)
-                if q.iter().any(|(_, c)| c.0.get(1).is_some_and(|s| s[..] == *announce.as_bytes())))
+                if q.iter().any(|(_, c)| c.0.get(1).is_some_and(|s| s[..] == *announce.as_bytes())
+                    && c.0.get(3).is_some_and(|k| k[..] == *fleet.as_bytes())))
         })
     };
     // Once up, and again every interval.
