@@ -91,7 +91,11 @@ impl Node {
     /// Things worth a line in the log since the last call (a presence room
     /// going over its cap). Cheap when there are none.
     pub fn take_notices(&self) -> Vec<String> {
-        if !self.presence_notices.swap(false, Ordering::Relaxed) {
+        // A plain load first: this runs on every client frame, and a swap
+        // would write the shared cache line each time.
+        if !self.presence_notices.load(Ordering::Relaxed)
+            || !self.presence_notices.swap(false, Ordering::Relaxed)
+        {
             return Vec::new();
         }
         let mut book = lock(&self.presence);
