@@ -5,8 +5,11 @@
 #   py: a virtualenv at ROOT/py with tests/sdk/py/requirements.txt
 #       (`pip install --require-hashes`);
 #   api: a virtualenv at ROOT/api with tests/api-client/requirements.txt (the
-#       `cent` HTTP API client and schemathesis), likewise.
-# Usage: tests/sdk/install.sh js|py|api|all [ROOT]
+#       `cent` HTTP API client and schemathesis), likewise;
+#   redis8: a redis-server with per-field expiry (Redis 8.0, built from the
+#       source tarball Debian 13 ships, pinned by sha256) at
+#       ROOT/redis8/redis-server, for the presence tests of that layout.
+# Usage: tests/sdk/install.sh js|py|api|redis8|all [ROOT]
 # ROOT defaults to $CARGO_TARGET_DIR/sdk, else <repo>/target/sdk.
 #
 # Idempotent and safe to run from many processes at once: each environment is
@@ -120,6 +123,43 @@ install_venv() {
   echo "$dest"
 }
 
+# Redis 8.0 from Debian 13's source package (its .orig tarball is upstream's
+# release). Debian 12's own redis-server is 7.0, without per-field expiry, and
+# Debian 13's binary needs a newer libc: so it is built here (MALLOC=libc, no
+# TLS: what the tests need), which takes one to three minutes.
+REDIS8_VERSION=8.0.2
+REDIS8_URL="http://deb.debian.org/debian/pool/main/r/redis/redis_${REDIS8_VERSION}.orig.tar.gz"
+REDIS8_SHA256=caf3c0069f06fc84c5153bd2a348b204c578de80490c73857bee01d9b5d7401f
+
+install_redis8() {
+  local dest="$root/redis8" want
+  extra="$REDIS8_URL $REDIS8_SHA256 $(gcc --version 2>/dev/null | head -1)"
+  want="$(stamp_of)"
+  if [ -x "$dest/redis-server" ] && [ "$(cat "$dest/.stamp" 2>/dev/null || true)" = "$want" ]; then
+    echo "$dest"
+    return
+  fi
+  need_tool curl "install curl (Debian: apt-get install curl)"
+  need_tool make "install make and gcc (Debian: apt-get install build-essential)"
+  need_tool gcc "install gcc (Debian: apt-get install build-essential)"
+  echo "building redis-server $REDIS8_VERSION into $dest" >&2
+  rm -rf "$dest"
+  mkdir -p "$dest/build"
+  local tarball="$dest/build/redis.tar.gz"
+  curl -fsSL --retry 3 -o "$tarball" "$REDIS8_URL" || die "download of $REDIS8_URL failed"
+  echo "$REDIS8_SHA256  $tarball" | sha256sum -c --quiet - >&2 ||
+    die "$REDIS8_URL does not have the pinned sha256"
+  tar -xzf "$tarball" -C "$dest/build" || die "cannot unpack $tarball"
+  (cd "$dest/build/redis-$REDIS8_VERSION" &&
+    make -j"$(nproc)" MALLOC=libc BUILD_TLS=no redis-server >"$dest/build.log" 2>&1) ||
+    die "building redis-server failed; the end of $dest/build.log: $(tail -20 "$dest/build.log")"
+  cp "$dest/build/redis-$REDIS8_VERSION/src/redis-server" "$dest/redis-server"
+  rm -rf "$dest/build"
+  "$dest/redis-server" --version >&2 || die "the built redis-server does not run"
+  echo "$want" >"$dest/.stamp"
+  echo "$dest"
+}
+
 locked() {
   need_tool flock "install util-linux"
   mkdir -p "$root"
@@ -131,7 +171,7 @@ locked() {
 }
 
 case "$kind" in
-  js | py | api) locked "$kind" ;;
-  all) locked js && locked py && locked api ;;
-  *) die "usage: tests/sdk/install.sh js|py|api|all [ROOT]" ;;
+  js | py | api | redis8) locked "$kind" ;;
+  all) locked js && locked py && locked api && locked redis8 ;;
+  *) die "usage: tests/sdk/install.sh js|py|api|redis8|all [ROOT]" ;;
 esac

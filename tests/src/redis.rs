@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Extra `redis-server` arguments (after the defaults, so they win).
     extra: Vec<String>,
+    /// The server program: `redis-server` on PATH, or another build.
+    binary: PathBuf,
 }
 
 impl RedisServer {
@@ -54,6 +56,21 @@ impl RedisServer {
         panic!("could not start redis-server: {last}");
     }
 
+    /// A Redis 8 server, which has per-field expiry (`HEXPIRE`, Redis 7.4
+    /// and later), where the Redis on PATH may not: built once from source
+    /// by `tests/sdk/install.sh redis8` (see [`crate::sdk::ensure_redis8`]).
+    pub fn start_redis8() -> RedisServer {
+        let binary = crate::sdk::ensure_redis8().join("redis-server");
+        let mut last = String::new();
+        for _ in 0..10 {
+            match RedisServer::try_start_program(free_port(), &[], binary.clone()) {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start {}: {last}", binary.display());
+    }
+
     /// Starts a server on `port` (e.g. one reserved with [`free_port`]).
     pub fn start_on(port: u16) -> RedisServer {
         let mut last = String::new();
@@ -72,6 +89,14 @@ impl RedisServer {
     }
 
     fn try_start_with(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
+        RedisServer::try_start_program(port, extra, PathBuf::from("redis-server"))
+    }
+
+    fn try_start_program(
+        port: u16,
+        extra: &[&str],
+        binary: PathBuf,
+    ) -> Result<RedisServer, String> {
         let dir = std::env::temp_dir().join(unique("roomcast-redis"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let mut r = RedisServer {
@@ -79,6 +104,7 @@ impl RedisServer {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            binary,
         };
         r.spawn()?;
         Ok(r)
@@ -88,7 +114,7 @@ impl RedisServer {
         let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let port = self.port.to_string();
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(&self.binary);
         cmd.args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")

@@ -155,6 +155,26 @@ pub fn ensure_api_clients() -> PathBuf {
     .clone()
 }
 
+/// Builds a Redis 8 `redis-server` (per-field expiry) from Debian 13's
+/// source tarball, pinned by sha256, unless built and up to date; returns
+/// its folder (`<root>/redis8`, holding `redis-server`). Panics if it
+/// cannot.
+pub fn ensure_redis8() -> PathBuf {
+    static REDIS8: OnceLock<PathBuf> = OnceLock::new();
+    REDIS8
+        .get_or_init(|| {
+            install_named(
+                "redis8",
+                &[
+                    ("curl", "curl (Debian: apt-get install curl)"),
+                    ("make", "make (Debian: apt-get install build-essential)"),
+                    ("gcc", "gcc (Debian: apt-get install build-essential)"),
+                ],
+            )
+        })
+        .clone()
+}
+
 fn install(sdk: Sdk) -> PathBuf {
     let tools: &[(&str, &str)] = match sdk {
         Sdk::Js => &[
@@ -182,7 +202,7 @@ fn install_named(sdk: &str, tools: &[(&str, &str)]) -> PathBuf {
             .unwrap_or(false);
         assert!(
             found,
-            "the {sdk} SDK agent needs `{tool}` on PATH: install {what} (.ci/run does)"
+            "installing {sdk} needs `{tool}` on PATH: install {what} (.ci/run does)"
         );
     }
     let root = sdk_root();

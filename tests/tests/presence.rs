@@ -5,10 +5,14 @@
 //! dropped socket and a node shutdown; a SIGKILLed node's clients are gone
 //! within the presence TTL; presence comes back after Redis restarts empty;
 //! the member cap stops join/leave and keeps the stats right; permissions.
+//! The Redis ones run twice: on the Redis on PATH, and on a Redis 8, where
+//! presence lives in one hash with per-field expiry (`HEXPIRE`) instead of
+//! a hash and a sorted set of expiries.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use roomcast_core::codec::redis::{PRESENCE_ADD_SCRIPT, PRESENCE_GET_SCRIPT, PresenceKeys};
 use roomcast_tests::auth::ConfigFile;
 use roomcast_tests::binary::{BinaryNode, Spawn};
 use roomcast_tests::centrifugo::{CfClient, cf_url};
@@ -17,6 +21,8 @@ use roomcast_tests::{Node, RedisServer, Runtime, TIMEOUT, Value, json, scenarios
 
 scenarios!(
     sdks_see_each_other_across_two_nodes,
+    sdks_see_each_other_across_two_nodes_on_redis8,
+    a_killed_node_s_clients_leave_within_the_ttl_on_redis8,
     sdks_see_each_other_on_an_embedded_node,
     a_killed_node_s_clients_leave_within_the_ttl,
     presence_is_rebuilt_after_redis_restarts_empty,
@@ -162,6 +168,15 @@ fn sdks_see_each_other_across_two_nodes(rt: Runtime) {
     see_each_other(&n1, n2, &redis);
 }
 
+/// As above on a Redis with per-field expiry: the same answers, from one
+/// hash whose fields expire on their own and no sorted set beside it.
+fn sdks_see_each_other_across_two_nodes_on_redis8(rt: Runtime) {
+    let redis = RedisServer::start_redis8();
+    let n1 = Node::redis(rt, &redis, &[]);
+    let n2 = Node::redis(rt, &redis, &[]);
+    see_each_other(&n1, n2, &redis);
+}
+
 fn sdks_see_each_other_on_an_embedded_node(rt: Runtime) {
     let node = Node::embedded(rt, &[]);
     see_each_other_one_node(&node);
@@ -190,9 +205,18 @@ fn see_each_other_one_node(node: &Node) {
 /// A node is SIGKILLed: nobody removes its clients' entries, and they
 /// expire within the presence TTL (short here).
 fn a_killed_node_s_clients_leave_within_the_ttl(rt: Runtime) {
-    let redis = RedisServer::start();
+    killed_node_s_clients_expire(rt, &RedisServer::start());
+}
+
+/// As above where the server expires each field itself: the fields carry
+/// the ttl (`HTTL`), and there is no sorted set of expiries.
+fn a_killed_node_s_clients_leave_within_the_ttl_on_redis8(rt: Runtime) {
+    killed_node_s_clients_expire(rt, &RedisServer::start_redis8());
+}
+
+fn killed_node_s_clients_expire(rt: Runtime, redis: &RedisServer) {
     let fast = ["--presence-ttl", "2s", "--presence-refresh", "500ms"];
-    let stable = Node::redis(rt, &redis, &fast);
+    let stable = Node::redis(rt, redis, &fast);
     let url = redis.url();
     let mut args = vec!["--redis", url.as_str()];
     args.extend(fast);
@@ -212,6 +236,7 @@ fn a_killed_node_s_clients_leave_within_the_ttl(rt: Runtime) {
     let mut all: BTreeSet<String> = ids.iter().cloned().collect();
     all.insert(w_id.clone());
     wait_presence(&mut watcher, &room, &all, TIMEOUT);
+    let field_ttl = layout_has_field_ttl(redis, &room, &ids);
     // Past a refresh or two, still there.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(presence(&mut watcher, &room), all, "refreshed, not expired");
@@ -224,8 +249,140 @@ fn a_killed_node_s_clients_leave_within_the_ttl(rt: Runtime) {
         gone >= Duration::from_millis(500),
         "expired, not removed: {gone:?}"
     );
-    eprintln!("{rt:?}: a killed node's clients left presence {gone:?} after the kill (ttl 2s)");
+    assert_eq!(stats(&mut watcher, &room), (1, 1));
+    eprintln!(
+        "{rt:?}: a killed node's clients left presence {gone:?} after the kill \
+         (ttl 2s, per-field expiry: {field_ttl})"
+    );
     watcher.exit();
+}
+
+/// Whether `room`'s presence is kept with per-field expiry, which it must
+/// be exactly when the server is Redis 7.4 or later; checked on the keys
+/// themselves: with it, each of `clients` has a ttl of its own and there is
+/// no sorted set; without it, the sorted set holds each client's expiry.
+fn layout_has_field_ttl(redis: &RedisServer, room: &str, clients: &[String]) -> bool {
+    let mut con = redis.conn();
+    let version: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
+    let version = version
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .expect("redis_version in INFO")
+        .trim()
+        .to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let has_field_ttl = (major, minor) >= (7, 4);
+    let keys = PresenceKeys::new("", room);
+    let zset: bool = redis::cmd("EXISTS")
+        .arg(&keys.expiry)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(zset, !has_field_ttl, "sorted set on Redis {version}");
+    for c in clients {
+        let in_hash: bool = redis::cmd("HEXISTS")
+            .arg(&keys.data)
+            .arg(c)
+            .query(&mut con)
+            .unwrap();
+        assert!(in_hash, "{c} in {}", keys.data);
+        if has_field_ttl {
+            let ttl: Vec<i64> = redis::cmd("HTTL")
+                .arg(&keys.data)
+                .arg("FIELDS")
+                .arg(1)
+                .arg(c)
+                .query(&mut con)
+                .unwrap();
+            assert!(
+                matches!(ttl[..], [1..=2]),
+                "{c}'s field ttl on Redis {version}: {ttl:?}"
+            );
+        } else {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&keys.expiry)
+                .arg(c)
+                .query(&mut con)
+                .unwrap();
+            assert!(score.is_some(), "{c}'s expiry on Redis {version}");
+        }
+    }
+    has_field_ttl
+}
+
+/// A room's presence written with a sorted set of expiries (by a server
+/// without per-field expiry, before an upgrade) and then added to on a
+/// Redis 8: the first add moves each live expiry onto its field, drops the
+/// expired entries, and deletes the set; reads agree throughout.
+#[test]
+fn a_sorted_set_of_expiries_moves_onto_the_fields_on_redis8() {
+    let redis = RedisServer::start_redis8();
+    let mut con = redis.conn();
+    let keys = PresenceKeys::new("", "upgraded");
+    let now: Vec<i64> = redis::cmd("TIME").query(&mut con).unwrap();
+    let now = now[0];
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(&keys.data)
+        .arg("live")
+        .arg("{}")
+        .arg("dead")
+        .arg("{}")
+        .ignore()
+        .cmd("ZADD")
+        .arg(&keys.expiry)
+        .arg(now + 100)
+        .arg("live")
+        .arg(now - 1)
+        .arg("dead")
+        .ignore()
+        .query(&mut con)
+        .unwrap();
+    let get = || {
+        let mut con = redis.conn();
+        let flat: Vec<String> = redis::cmd("EVAL")
+            .arg(PRESENCE_GET_SCRIPT.source)
+            .arg(2)
+            .arg(&keys.data)
+            .arg(&keys.expiry)
+            .query(&mut con)
+            .unwrap();
+        flat.chunks(2)
+            .map(|kv| kv[0].clone())
+            .collect::<BTreeSet<_>>()
+    };
+    // A read before any add already prunes by the sorted set.
+    assert_eq!(get(), set(&["live"]));
+    let n: i64 = redis::cmd("EVAL")
+        .arg(PRESENCE_ADD_SCRIPT.source)
+        .arg(2)
+        .arg(&keys.data)
+        .arg(&keys.expiry)
+        .arg(60)
+        .arg("new")
+        .arg("{\"user\":\"u\"}")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 2);
+    let zset: bool = redis::cmd("EXISTS")
+        .arg(&keys.expiry)
+        .query(&mut con)
+        .unwrap();
+    assert!(!zset, "the sorted set is gone");
+    let ttl: Vec<i64> = redis::cmd("HTTL")
+        .arg(&keys.data)
+        .arg("FIELDS")
+        .arg(2)
+        .arg("live")
+        .arg("new")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        (95..=100).contains(&ttl[0]),
+        "live keeps its expiry: {ttl:?}"
+    );
+    assert!((55..=60).contains(&ttl[1]), "new has the ttl: {ttl:?}");
+    assert_eq!(get(), set(&["live", "new"]));
 }
 
 /// Redis restarts with nothing: each node writes its live clients again

@@ -212,25 +212,67 @@ pub fn history_remove(keys: &HistoryKeys) -> Call {
     Call::cmd(&[b"DEL", keys.stream.as_bytes()])
 }
 
+/// The Lua that prunes an expiring hash by its sorted set of expiries:
+/// every entry whose expiry is past is removed from both (one call per
+/// entry, so that no count of them overflows Lua's stack). Needs `data`,
+/// `exp` and `now` in scope.
+macro_rules! prune_by_expiry {
+    () => {
+        r#"
+local gone = redis.call('zrangebyscore', exp, '-inf', now)
+for i = 1, #gone do redis.call('hdel', data, gone[i]) end
+if #gone > 0 then redis.call('zremrangebyscore', exp, '-inf', now) end
+"#
+    };
+}
+
 /// Adds (or refreshes) entries of an expiring hash, in one step (a room's
-/// presence, and the fleet's node announcements, [`FleetKeys`]): each
-/// client's info in the hash and its expiry (the server's clock plus the
-/// ttl) in the sorted set; entries already expired are pruned, and both
-/// keys live as long as the ttl.
+/// presence, and the fleet's node announcements, [`FleetKeys`]).
+///
+/// Where the server has per-field expiry (Redis 7.4 and later; the script
+/// asks the server it runs on, `redis.REDIS_VERSION_NUM`), each client's
+/// info is a field of the hash with the ttl on the field (`HEXPIRE`), and
+/// the server drops expired fields itself. Elsewhere the expiries (the
+/// server's clock plus the ttl) are a sorted set beside the hash, and
+/// entries already expired are pruned here. A hash written the second way
+/// and then served by a server with per-field expiry (an upgrade) is
+/// carried over on its first add: the sorted set's expiries move onto the
+/// fields and the set is deleted. Both keys live as long as the ttl.
 ///
 /// KEYS: hash, sorted set. ARGV: ttl (s), then client, info pairs.
-/// Returns the number of clients present (fleet-wide, after pruning).
+/// Returns the number of clients present (fleet-wide, after pruning; with
+/// per-field expiry it may still count fields past their ttl that the
+/// server has not reclaimed yet).
 pub const PRESENCE_ADD_SCRIPT: Script = Script {
     name: "presence_add",
-    source: r#"
+    source: concat!(
+        r#"
 local data, exp = KEYS[1], KEYS[2]
 local now = tonumber(redis.call('time')[1])
 local ttl = tonumber(ARGV[1])
-local gone = redis.call('zrangebyscore', exp, '-inf', now)
-if #gone > 0 then
-  redis.call('hdel', data, unpack(gone))
-  redis.call('zremrangebyscore', exp, '-inf', now)
+if (redis.REDIS_VERSION_NUM or 0) >= 459776 then
+  if redis.call('exists', exp) == 1 then
+    local old = redis.call('zrange', exp, 0, -1, 'WITHSCORES')
+    for i = 1, #old, 2 do
+      local left = tonumber(old[i + 1]) - now
+      if left > 0 then
+        redis.call('hexpire', data, left, 'FIELDS', 1, old[i])
+      else
+        redis.call('hdel', data, old[i])
+      end
+    end
+    redis.call('del', exp)
+  end
+  for i = 2, #ARGV, 2 do
+    redis.call('hset', data, ARGV[i], ARGV[i + 1])
+    redis.call('hexpire', data, ttl, 'FIELDS', 1, ARGV[i])
+  end
+  redis.call('expire', data, ttl)
+  return redis.call('hlen', data)
 end
+"#,
+        prune_by_expiry!(),
+        r#"
 for i = 2, #ARGV, 2 do
   redis.call('hset', data, ARGV[i], ARGV[i + 1])
   redis.call('zadd', exp, now + ttl, ARGV[i])
@@ -238,36 +280,42 @@ end
 redis.call('expire', data, ttl)
 redis.call('expire', exp, ttl)
 return redis.call('hlen', data)
-"#,
+"#
+    ),
 };
 
-/// Removes clients from a room's presence. KEYS: hash, sorted set. ARGV:
-/// the clients. Returns the number left.
+/// Removes clients from a room's presence (from the hash, and from the
+/// sorted set of expiries where there is one). KEYS: hash, sorted set.
+/// ARGV: the clients. Returns the number left.
 pub const PRESENCE_REMOVE_SCRIPT: Script = Script {
     name: "presence_remove",
     source: r#"
 local data, exp = KEYS[1], KEYS[2]
-redis.call('hdel', data, unpack(ARGV))
-redis.call('zrem', exp, unpack(ARGV))
+for i = 1, #ARGV do
+  redis.call('hdel', data, ARGV[i])
+  redis.call('zrem', exp, ARGV[i])
+end
 return redis.call('hlen', data)
 "#,
 };
 
 /// An expiring hash read (a room's presence, the fleet's announcements):
-/// expired entries (a crashed node's) pruned, then every entry. KEYS: hash, sorted set. Returns `HGETALL`'s
-/// flat client, info list.
+/// expired entries (a crashed node's) pruned where expiries are a sorted
+/// set (with per-field expiry the server hides them itself), then every
+/// entry. KEYS: hash, sorted set. Returns `HGETALL`'s flat client, info
+/// list.
 pub const PRESENCE_GET_SCRIPT: Script = Script {
     name: "presence_get",
-    source: r#"
+    source: concat!(
+        r#"
 local data, exp = KEYS[1], KEYS[2]
 local now = tonumber(redis.call('time')[1])
-local gone = redis.call('zrangebyscore', exp, '-inf', now)
-if #gone > 0 then
-  redis.call('hdel', data, unpack(gone))
-  redis.call('zremrangebyscore', exp, '-inf', now)
-end
-return redis.call('hgetall', data)
 "#,
+        prune_by_expiry!(),
+        r#"
+return redis.call('hgetall', data)
+"#
+    ),
 };
 
 /// An idempotent publish into a room without history: published only if
