@@ -88,9 +88,10 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 
 use crate::codec::http::ClientProtocol;
+use crate::codec::redis::Reply as RedisReply;
 use crate::codec::seed::FrameError;
 use crate::config::{ClientTimers, HubConfig, Limits, NodeConfig};
-use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Outbound, Session};
+use crate::hub::{BrokerMode, BrokerOp, BrokerState, ConnId, Outbound, Session, Ticket};
 use crate::metrics::Snapshot;
 use crate::node::{Admitted, Conn, Finish, Inbound, Node, Outgoing, Reply, WRITE_BATCH_BYTES};
 
@@ -737,9 +738,12 @@ impl Setup {
             presence_ttl: Duration::from_secs(60),
             presence_max_members: 1000,
             // No node announcements: the model does not expect their
-            // publishes (the API's tests cover them).
+            // publishes (the API's tests cover them). The API without a key
+            // (its checks have tests of their own): the model's backends
+            // publish through it.
             api: crate::config::ApiConfig {
                 announce_interval: Duration::ZERO,
+                insecure: true,
                 ..Default::default()
             },
             hub: HubConfig {
@@ -834,6 +838,10 @@ pub enum Op {
     OutboundFull(u8),
     /// A plain HTTP request (or garbage) on a socket of its own.
     Http(u8),
+    /// A backend publishes message (operand 2) into a room (operand 1)
+    /// through the server API (`POST /api/publish`), on a socket of its
+    /// own that stays open until the answer.
+    Api(u8, u8),
     /// `accept` failed.
     AcceptFailed,
     /// The broker task, idle, polls the node for operations.
@@ -871,21 +879,15 @@ pub enum Op {
 struct Pub {
     channel: String,
     payload: Bytes,
+    /// A server API publish (its index among them), whose answer waits
+    /// for the broker: its `Outbound` carries a ticket.
+    api: Option<usize>,
 }
 
 impl Pub {
+    /// The `PUBLISH` without its ticket.
     fn wire(&self) -> Outbound {
         Outbound::publish(&self.channel, self.payload.clone())
-    }
-
-    /// The plain `PUBLISH` the node sent (the model's rooms keep no history).
-    fn of(o: &Outbound) -> Pub {
-        let args = &o.call.0;
-        assert_eq!(o.call.name(), b"PUBLISH", "a plain publish: {o:?}");
-        Pub {
-            channel: String::from_utf8(args[1].to_vec()).expect("a UTF-8 channel"),
-            payload: args[2].clone(),
-        }
     }
 }
 
@@ -1097,6 +1099,14 @@ struct Model {
     publishes: u64,
     /// Payloads the clients published: what a member gets for each.
     known: BTreeMap<Bytes, Delivery>,
+    /// Each server API publish's fate once decided: published, or the
+    /// error code it is answered with (100: dropped, or lost with the
+    /// link; 106: over the broker payload limit).
+    api: Vec<Option<Result<(), u32>>>,
+    /// The ticket the node gave each API publish, learnt when it is first
+    /// taken by the broker task, both ways.
+    api_tickets: BTreeMap<u64, usize>,
+    api_ticket_of: BTreeMap<usize, u64>,
     // counters outside the broker
     connections_opened: u64,
     frames_received: u64,
@@ -1160,6 +1170,9 @@ impl Model {
             counters: Counters::default(),
             publishes: 0,
             known: BTreeMap::new(),
+            api: Vec::new(),
+            api_tickets: BTreeMap::new(),
+            api_ticket_of: BTreeMap::new(),
             connections_opened: 0,
             frames_received: 0,
             broker_messages: 0,
@@ -1446,7 +1459,95 @@ impl Model {
             self.publish(Pub {
                 channel: channel(room),
                 payload,
+                api: None,
             });
+        }
+    }
+
+    /// A server API publish of `message` into `room`: delivered at once in
+    /// embedded mode, else published like a client's (no publisher info).
+    /// Returns its index, and whether the node took it (`false`: dropped at
+    /// once, answered with an error).
+    fn api_publish(&mut self, room: usize, message: usize) -> (usize, bool) {
+        let d = Delivery::message(room, message, None);
+        let i = self.api.len();
+        let payload = Bytes::from(publish_payload(room, message));
+        if MESSAGES[message].0 == "null" {
+            // `"data": null` is no data.
+            self.api.push(Some(Err(107)));
+            return (i, false);
+        }
+        if payload.len() > MAX_BROKER_PAYLOAD {
+            self.api.push(Some(Err(106)));
+            return (i, false);
+        }
+        if self.local {
+            self.deliver(&d);
+            self.api.push(Some(Ok(())));
+            return (i, true);
+        }
+        self.api.push(None);
+        self.known.insert(payload.clone(), d);
+        let taken = self.publish(Pub {
+            channel: channel(room),
+            payload,
+            api: Some(i),
+        });
+        (i, taken)
+    }
+
+    /// A publish was dropped: an API publish's answer is an error.
+    fn dropped(&mut self, p: &Pub) {
+        if let Some(i) = p.api {
+            self.api[i] = Some(Err(100));
+        }
+    }
+
+    /// The API publish of `ticket` was published (`true`) or failed.
+    fn api_settled(&mut self, ticket: u64, ok: bool) {
+        let i = self.api_tickets[&ticket];
+        assert!(self.api[i].is_none(), "an API publish settled twice");
+        self.api[i] = Some(if ok { Ok(()) } else { Err(100) });
+    }
+
+    /// Whether the node's `got` is the model's `want`, in order; an API
+    /// publish's ticket is learnt the first time, checked after.
+    fn wire_matches(&mut self, got: &[Outbound], want: &[Pub]) -> bool {
+        got.len() == want.len()
+            && got.iter().zip(want).all(|(o, p)| {
+                o.call == p.wire().call
+                    && match (o.ticket, p.api) {
+                        (None, None) => true,
+                        (Some(t), Some(i)) => match self.api_ticket_of.get(&i) {
+                            Some(known) => *known == t.0,
+                            None => {
+                                assert!(
+                                    self.api_tickets.insert(t.0, i).is_none(),
+                                    "a ticket given twice"
+                                );
+                                self.api_ticket_of.insert(i, t.0);
+                                true
+                            }
+                        },
+                        _ => false,
+                    }
+            })
+    }
+
+    /// The plain `PUBLISH` the node sent (the model's rooms keep no
+    /// history), with the API publish its ticket names.
+    fn pub_of(&self, o: &Outbound) -> Pub {
+        let args = &o.call.0;
+        assert_eq!(o.call.name(), b"PUBLISH", "a plain publish: {o:?}");
+        Pub {
+            channel: String::from_utf8(args[1].to_vec()).expect("a UTF-8 channel"),
+            payload: args[2].clone(),
+            api: o.ticket.map(|t| {
+                *self
+                    .api_tickets
+                    .get(&t.0)
+                    .expect("a ticket the model learnt")
+            }),
         }
     }
 
@@ -1642,13 +1743,18 @@ impl Model {
         match self.link {
             Link::Stopped => {
                 self.counters.buffer_dropped += (list.len() + self.queue.len()) as u64;
-                self.queue.clear();
+                let queue: Vec<Pub> = self.queue.drain(..).collect();
+                for p in list.iter().chain(&queue) {
+                    self.dropped(p);
+                }
             }
             Link::Up { .. } => {
                 let mut all: VecDeque<Pub> = list.into();
                 all.extend(self.queue.drain(..));
                 while all.len() > PUBLISH_BUFFER {
-                    all.pop_front();
+                    if let Some(p) = all.pop_front() {
+                        self.dropped(&p);
+                    }
                     self.counters.queue_dropped += 1;
                 }
                 self.queue = all;
@@ -1666,35 +1772,50 @@ impl Model {
     fn hold_again(&mut self, list: Vec<Pub>) {
         if matches!(self.link, Link::Stopped) {
             self.counters.buffer_dropped += list.len() as u64;
+            list.iter().for_each(|p| self.dropped(p));
             return;
         }
         let room = PUBLISH_BUFFER.saturating_sub(self.pending.len());
         let keep = list.len().min(room);
         self.counters.buffer_dropped += (list.len() - keep) as u64;
+        let lost = list.len() - keep;
+        list[..lost].iter().for_each(|p| self.dropped(p));
         for p in list.into_iter().rev().take(keep) {
             self.pending.push_front(p);
         }
     }
 
-    fn publish(&mut self, p: Pub) {
+    /// Returns whether the publish was taken (queued or held).
+    fn publish(&mut self, p: Pub) -> bool {
         self.publishes += 1;
-        match self.link {
+        let taken = match self.link {
             Link::Up { .. } => {
                 if self.queue.len() >= PUBLISH_BUFFER {
                     self.counters.queue_dropped += 1;
+                    false
                 } else {
-                    self.queue.push_back(p);
+                    self.queue.push_back(p.clone());
+                    true
                 }
             }
-            Link::Stopped => self.counters.buffer_dropped += 1,
+            Link::Stopped => {
+                self.counters.buffer_dropped += 1;
+                false
+            }
             _ => {
                 if self.pending.len() < PUBLISH_BUFFER {
-                    self.pending.push_back(p);
+                    self.pending.push_back(p.clone());
+                    true
                 } else {
                     self.counters.buffer_dropped += 1;
+                    false
                 }
             }
+        };
+        if !taken {
+            self.dropped(&p);
         }
+        taken
     }
 
     fn echo(&mut self, payload: &Bytes) {
@@ -1862,7 +1983,8 @@ impl Model {
             self.control.push_back(ExpOp::Reset(self.session));
         }
         self.counters.buffer_dropped += self.pending.len() as u64;
-        self.pending.clear();
+        let pending: Vec<Pub> = self.pending.drain(..).collect();
+        pending.iter().for_each(|p| self.dropped(p));
         self.link = Link::Stopped;
     }
 
@@ -1874,9 +1996,7 @@ impl Model {
             let ok = match (&exp, got) {
                 (ExpOp::Connect(s), Some(BrokerOp::Connect(g))) => g.0 == *s,
                 (ExpOp::Reset(s), Some(BrokerOp::Reset(g))) => g.0 == *s,
-                (ExpOp::Publish(batch), Some(BrokerOp::Publish(g))) => {
-                    g.iter().cloned().eq(batch.iter().map(Pub::wire))
-                }
+                (ExpOp::Publish(batch), Some(BrokerOp::Publish(g))) => self.wire_matches(g, batch),
                 _ => false,
             };
             assert!(ok, "b: expected {exp:?}, got {got:?} in {ops:?}");
@@ -1928,11 +2048,9 @@ impl Model {
         }
         if matches!(self.link, Link::Up { .. }) && !self.queue.is_empty() {
             let got = it.next();
-            let want: Vec<Outbound> = self.queue.drain(..).map(|p| p.wire()).collect();
-            assert!(
-                matches!(got, Some(BrokerOp::Publish(g)) if *g == want),
-                "g: publishes in order: expected {want:?}, got {got:?}"
-            );
+            let want: Vec<Pub> = self.queue.drain(..).collect();
+            let ok = matches!(got, Some(BrokerOp::Publish(g)) if self.wire_matches(g, &want));
+            assert!(ok, "g: publishes in order: expected {want:?}, got {got:?}");
         }
         if self.link_open() && self.probe_due {
             match it.next() {
@@ -2219,12 +2337,18 @@ pub struct Tally {
     pub cf_errors: BTreeMap<u32, u64>,
     /// Closes queued, by code (both protocols).
     pub closes: BTreeMap<u16, u64>,
+    /// Server API publishes answered as published, and as failed (dropped,
+    /// or lost with the link).
+    pub api_published: u64,
+    pub api_failed: u64,
 }
 
 impl Tally {
     /// Adds another run's.
     pub fn add(&mut self, o: &Tally) {
         self.probes_echoed += o.probes_echoed;
+        self.api_published += o.api_published;
+        self.api_failed += o.api_failed;
         self.echoed_publishes += o.echoed_publishes;
         self.echoed_cf_publishes += o.echoed_cf_publishes;
         self.unreported += o.unreported;
@@ -2255,6 +2379,9 @@ pub struct Harness {
     timer_waker: Waking,
     timer_seen: Option<Duration>,
     pings: u64,
+    /// Server API publishes waiting for the broker (their index in the
+    /// model), each holding its socket.
+    api_waiting: Vec<(usize, crate::node::ApiPending)>,
 }
 
 impl Default for Harness {
@@ -2302,6 +2429,7 @@ impl Harness {
             timer_waker: Waking::new(),
             timer_seen,
             pings: 0,
+            api_waiting: Vec::new(),
         };
         h.check();
         h
@@ -2341,6 +2469,18 @@ impl Harness {
             cf_pings: seen.cf_pings,
             cf_errors: seen.cf_errors.clone(),
             closes: seen.closes.clone(),
+            api_published: self
+                .model
+                .api
+                .iter()
+                .filter(|f| **f == Some(Ok(())))
+                .count() as u64,
+            api_failed: self
+                .model
+                .api
+                .iter()
+                .filter(|f| matches!(f, Some(Err(_))))
+                .count() as u64,
         }
     }
 
@@ -2441,6 +2581,7 @@ impl Harness {
                 }
             }
             Op::Http(k) => self.http(k),
+            Op::Api(r, m) => self.api(r, m),
             Op::AcceptFailed => {
                 let got = self.node.accept_failed("EMFILE", self.now);
                 let want = self.model.accept_failed(self.now);
@@ -2505,6 +2646,7 @@ impl Harness {
                 self.model.shutdown();
             }
         }
+        self.api_answers();
         self.check();
     }
 
@@ -2694,6 +2836,104 @@ impl Harness {
         self.model.sockets -= 1;
     }
 
+    /// A backend's `POST /api/publish` of message `m` into room `r`.
+    fn api(&mut self, r: u8, m: u8) {
+        let room = r as usize % ROOMS.len();
+        let message = m as usize % MESSAGES.len();
+        let body = format!(
+            r#"{{"channel":{},"data":{}}}"#,
+            ROOMS[room].1, MESSAGES[message].0
+        );
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let request = request.as_bytes();
+        let Some((admitted, _)) = self.admit() else {
+            return;
+        };
+        let admitted = Self::read_head(admitted, request);
+        let mut req = match self.node.answer(admitted, self.now) {
+            Reply::Api(req) => req,
+            Reply::Respond(r) if self.model.stopped => {
+                assert!(r.starts_with(b"HTTP/1.1 503"), "k: the API after shutdown");
+                self.node.socket_closed();
+                self.model.sockets -= 1;
+                return;
+            }
+            other => panic!("k: the API's head refused: {other:?}"),
+        };
+        // The body's end, past what the head's reader took.
+        let missing = req.missing();
+        req.extend(&request[request.len() - missing..]);
+        let call = self.node.api(req, self.now);
+        let (i, taken) = self.model.api_publish(room, message);
+        match call {
+            crate::node::ApiCall::Ready(answer) => {
+                assert!(
+                    self.model.local || !taken,
+                    "k: an API publish answered before the broker took it: {answer:?}"
+                );
+                self.api_answered(i, answer);
+            }
+            crate::node::ApiCall::Pending(p) => {
+                assert!(
+                    !self.model.local && taken,
+                    "k: an API publish waits, but the model has it {}",
+                    if self.model.local {
+                        "delivered"
+                    } else {
+                        "dropped"
+                    }
+                );
+                self.api_waiting.push((i, p));
+            }
+        }
+    }
+
+    /// Every waiting API publish whose fate the model knows is ready, and
+    /// no other: each answers as the model says, and closes its socket.
+    fn api_answers(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for (i, p) in std::mem::take(&mut self.api_waiting) {
+            let ready = p.poll(&mut cx).is_ready();
+            let fate = self.model.api[i];
+            assert_eq!(
+                ready,
+                fate.is_some(),
+                "k: API publish {i} is {} while the model has it {fate:?}",
+                if ready { "answered" } else { "waiting" }
+            );
+            if ready {
+                self.api_answered(i, p.finish());
+            } else {
+                self.api_waiting.push((i, p));
+            }
+        }
+    }
+
+    /// API publish `i`'s answer: `{}` if it was published, else error 100;
+    /// then its socket closes.
+    fn api_answered(&mut self, i: usize, answer: crate::node::ApiAnswer) {
+        let (response, next) = self.node.api_respond(answer, 1, self.now);
+        assert!(next.is_none(), "k: the request asked to close");
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "k: API answer {text:?}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        match self.model.api[i] {
+            Some(Ok(())) => assert_eq!(body, r#"{"result":{}}"#, "k: API publish {i}"),
+            Some(Err(code)) => assert!(
+                body.starts_with(&format!(r#"{{"error":{{"code":{code},"#)),
+                "k: API publish {i} fails with {code}, but: {body}"
+            ),
+            None => panic!("k: API publish {i} answered undecided"),
+        }
+        // Counted by the API's own metrics, not as a plain HTTP request.
+        self.node.socket_closed();
+        self.model.sockets -= 1;
+    }
+
     /// The connection operand `c`'s index, if its reader still runs.
     fn reader(&self, c: u8) -> Option<usize> {
         self.pick(c).filter(|&i| self.model.conns[i].reading)
@@ -2876,7 +3116,7 @@ impl Harness {
                     // the node's buffer.
                     if let BrokerOp::Publish(b) = other {
                         let b = b.clone();
-                        let pubs: Vec<Pub> = b.iter().map(Pub::of).collect();
+                        let pubs: Vec<Pub> = b.iter().map(|o| self.model.pub_of(o)).collect();
                         self.node.broker_unsent(b);
                         self.model.hold_unsent(pubs);
                     }
@@ -2918,6 +3158,9 @@ impl Harness {
         let l = self.sim.link.as_mut().expect("a link for the operation");
         let s = l.session;
         let progress = matches!(op, BrokerOp::Subscribe(_) | BrokerOp::Unsubscribe(_));
+        // Tickets of API publishes whose fate is unknown: failed after the
+        // node learns the link is gone, as the driver does.
+        let mut failed: Vec<Ticket> = Vec::new();
         let (ok, unknown) = match op {
             BrokerOp::Subscribe(chs) => {
                 let ok = ok && l.subscriber_alive;
@@ -2937,11 +3180,14 @@ impl Harness {
             }
             BrokerOp::Publish(batch) => {
                 let n = batch.len();
+                let tickets: Vec<Ticket> = batch.iter().filter_map(|o| o.ticket).collect();
                 if ok {
+                    let pubs: Vec<Pub> = batch.iter().map(|o| self.model.pub_of(o)).collect();
                     for Pub {
                         channel: ch,
                         payload,
-                    } in batch.iter().map(Pub::of)
+                        ..
+                    } in pubs
                     {
                         let expect = match self.model.known.get(&payload) {
                             Some(_) if payload.len() > MAX_BROKER_PAYLOAD => Expect::TooLarge,
@@ -2954,6 +3200,16 @@ impl Harness {
                     if !self.model.published(s.0, n) {
                         self.sim.unreported += n as u64;
                     }
+                    if !tickets.is_empty() {
+                        // `PUBLISH` answers its receiver count.
+                        let replies = tickets.iter().map(|t| (*t, Ok(RedisReply::Int(1))));
+                        self.node.broker_replies(replies.collect());
+                        for t in &tickets {
+                            self.model.api_settled(t.0, true);
+                        }
+                    }
+                } else {
+                    failed = tickets;
                 }
                 (ok, n)
             }
@@ -2986,6 +3242,13 @@ impl Harness {
                     .flatten()
                     .collect();
                 self.report_disconnected(s, unknown, unsent);
+                if !failed.is_empty() {
+                    let replies = failed.iter().map(|t| (*t, Err("link lost".to_string())));
+                    self.node.broker_replies(replies.collect());
+                    for t in &failed {
+                        self.model.api_settled(t.0, false);
+                    }
+                }
             }
         }
         self.sim_run();
@@ -2993,7 +3256,7 @@ impl Harness {
 
     fn report_disconnected(&mut self, s: Session, unknown: usize, unsent: Vec<Outbound>) {
         let now = self.now;
-        let pubs: Vec<Pub> = unsent.iter().map(Pub::of).collect();
+        let pubs: Vec<Pub> = unsent.iter().map(|o| self.model.pub_of(o)).collect();
         self.node.broker_disconnected(s, unknown, unsent, now);
         // Current or not, the report's publishes are accounted.
         let _ = self.model.disconnected(s.0, unknown, pubs, now);

@@ -33,7 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(raced, p)| Op::Open(raced, p)),
         80 => (idx, join).prop_map(|(c, r)| Op::Subscribe(c, r)),
         40 => (idx, room()).prop_map(|(c, r)| Op::Unsubscribe(c, r)),
-        60 => (idx, room(), message).prop_map(|(c, r, m)| Op::Send(c, r, m)),
+        60 => (idx, room(), message.clone()).prop_map(|(c, r, m)| Op::Send(c, r, m)),
         15 => (idx, any::<u8>()).prop_map(|(c, k)| Op::Bad(c, k)),
         20 => idx.prop_map(Op::Pong),
         3 => idx.prop_map(Op::Connect),
@@ -41,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         30 => (idx, any::<bool>()).prop_map(|(c, p)| Op::End(c, p)),
         10 => idx.prop_map(Op::OutboundFull),
         10 => any::<u8>().prop_map(Op::Http),
+        20 => (room(), message).prop_map(|(r, m)| Op::Api(r, m)),
         10 => Just(Op::AcceptFailed),
         80 => Just(Op::BrokerPoll),
         80 => prop_oneof![4 => Just(true), 1 => Just(false)].prop_map(Op::BrokerStep),
@@ -123,6 +124,50 @@ fn to_deadline(h: &mut Harness) {
     let d = h.node().deadline().expect("a deadline");
     let ms = (d - h.now()).as_millis() as u16;
     h.apply(Op::Advance(ms));
+}
+
+/// Server API publishes on Redis: one held while the link is not up yet,
+/// answered once Redis took it; one lost with a failing link, answered 100;
+/// one held at shutdown, dropped and answered 100. Members get the
+/// published ones like any publish (the harness checks every answer and
+/// delivery against the model).
+#[test]
+fn scripted_remote_api_publishes() {
+    use Op::*;
+    use Proto::*;
+    let mut h = Harness::new(Setup::REMOTE);
+    h.run(&[Open(false, Seed), Subscribe(0, 0)]);
+    // Before the link is up: held, and answered once it went out.
+    h.run(&[Api(0, 0)]);
+    assert_eq!(h.tally().api_published, 0);
+    settle(&mut h);
+    assert_eq!(h.tally().api_published, 1);
+    assert!(h.tally().echoed_publishes >= 1);
+    assert_eq!(h.node().queued_frames(h.conns()[0]).len(), 1);
+    // Redis fails while the publish is out: its fate is unknown, and the
+    // backend is told it failed.
+    h.run(&[Api(0, 2), BrokerPoll, BrokerStep(false)]);
+    assert_eq!((h.tally().api_published, h.tally().api_failed), (1, 1));
+    // Held while the link is down, then the node shuts down: dropped.
+    h.run(&[Api(0, 1), Shutdown]);
+    assert_eq!((h.tally().api_published, h.tally().api_failed), (1, 2));
+    settle(&mut h);
+}
+
+/// In embedded mode an API publish is delivered and answered at once.
+#[test]
+fn scripted_local_api_publishes() {
+    use Op::*;
+    use Proto::*;
+    let mut h = Harness::new(Setup::LOCAL);
+    h.run(&[
+        Open(false, Centrifugo),
+        Subscribe(0, 1),
+        Api(1, 5),
+        Api(1, 8),
+    ]);
+    assert_eq!((h.tally().api_published, h.tally().api_failed), (1, 1));
+    assert_eq!(h.tally().cf_pushes, 1);
 }
 
 #[test]
@@ -488,6 +533,9 @@ fn random_sequences_reach_every_phase() {
         ("3001 shutdown closes", closes(3001)),
         ("1008 closes", closes(1008)),
         ("bad commands counted", cf_bad.values().sum()),
+        // The server API's publishes, both ways.
+        ("API publishes published", tally.api_published),
+        ("API publishes failed", tally.api_failed),
     ] {
         assert!(n > 0, "no {what} in the sample");
     }

@@ -276,6 +276,9 @@ enum WaitKind {
 
 /// A publication's data as a message, as a client's publish makes it: a
 /// JSON string is the string itself.
+/// The message of an API publish's `data`: a string as text, other JSON
+/// without its insignificant white space, as the client codecs make it (so
+/// a publish reads the same from a client and from a backend).
 fn message_of(data: &str) -> Message<'_> {
     if data.starts_with('"') {
         if let Ok(s) = serde_json::from_str::<&str>(data) {
@@ -285,7 +288,7 @@ fn message_of(data: &str) -> Message<'_> {
             return Message::Text(s.into());
         }
     }
-    Message::Json(data.into())
+    Message::Json(crate::codec::seed::compact_json(data))
 }
 
 /// `*` (any run) and `?` (one character) globbing, case-sensitive.
@@ -697,17 +700,11 @@ impl Node {
     }
 
     fn api_publish(&self, p: &a::Publish<'_>, slot: &Arc<Slot>, part: usize, now: Duration) {
+        /// What the history script adds to a payload at most: its
+        /// `,"offset":N,"epoch":"E"` (20 digits, a 12-character epoch).
+        const POSITION_BYTES: usize = 64;
         if let Err(e) = self.api_channel(&p.channel) {
             return slot.fill(part, Err(e));
-        }
-        let limit = self.cfg.hub.limits.max_broker_payload_bytes;
-        if p.data.len() + p.channel.len() + 256 > limit {
-            return slot.fill(
-                part,
-                Err(ApiError::LIMIT_EXCEEDED.with_message(format!(
-                    "limit exceeded: data larger than the broker payload limit ({limit} bytes)"
-                ))),
-            );
         }
         let publication = Publication {
             room: &p.channel,
@@ -720,6 +717,20 @@ impl Node {
         } else {
             self.history_of(&p.channel)
         };
+        // The broker payload as every node will read it: over the limit,
+        // every node would drop it, so it is refused here instead.
+        let payload = envelope::encode(&publication);
+        let limit = self.cfg.hub.limits.max_broker_payload_bytes;
+        let position = if history.is_some() { POSITION_BYTES } else { 0 };
+        if payload.len() + position > limit {
+            return slot.fill(
+                part,
+                Err(ApiError::LIMIT_EXCEEDED.with_message(format!(
+                    "limit exceeded: the publication is larger than the broker payload limit \
+                     ({limit} bytes)"
+                ))),
+            );
+        }
         match self.cfg.mode {
             BrokerMode::Local => {
                 let r = self.api_publish_local(
@@ -742,7 +753,7 @@ impl Node {
                     (Some(o), _) => {
                         let keys = HistoryKeys::new(prefix, &p.channel);
                         let result = HistoryKeys::result(prefix, &p.channel, key.unwrap_or(""));
-                        let mut payload = envelope::encode(&publication);
+                        let mut payload = payload;
                         payload.pop();
                         let call = Call::script(
                             &r::PUBLISH_SCRIPT,
@@ -764,17 +775,12 @@ impl Node {
                         let call = Call::script(
                             &r::PUBLISH_ONCE_SCRIPT,
                             &[&result],
-                            vec![
-                                Bytes::from(channel),
-                                Bytes::from(envelope::encode(&publication)),
-                                Bytes::from(ttl),
-                            ],
+                            vec![Bytes::from(channel), Bytes::from(payload), Bytes::from(ttl)],
                         );
                         self.api_broker(call, true, slot, part, WaitKind::PublishPlain);
                     }
                     (None, None) => {
-                        let call =
-                            Call::publish(&channel, Bytes::from(envelope::encode(&publication)));
+                        let call = Call::publish(&channel, Bytes::from(payload));
                         self.api_broker(call, true, slot, part, WaitKind::PublishPlain);
                     }
                 }
