@@ -53,11 +53,15 @@ fn repo() -> PathBuf {
 
 /// Runs `program args` (bounded by [`RUN_LIMIT`]); its stdout, panicking
 /// with everything it printed unless it succeeded.
+/// Runs `program` in a directory of its own (schemathesis keeps a cache
+/// in its working directory, which is not the checkout's business).
 fn run(program: &Path, args: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(unique("roomcast-api-client"));
+    std::fs::create_dir_all(&dir).expect("a working directory");
     let mut child = roomcast_tests::spawn_child(
         Command::new(program)
             .args(args)
-            .current_dir(repo())
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
@@ -81,6 +85,7 @@ fn run(program: &Path, args: &[&str]) -> String {
         }
     }
     let out = child.wait_with_output().expect("its output");
+    let _ = std::fs::remove_dir_all(&dir);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -137,16 +142,11 @@ fn cent_drives_the_api(api: &Node, other: &Node, redis: Option<&RedisServer>) {
         presence_count(api.addr(), &pres) == 2
     });
     let url = format!("http://{}/api", api.addr());
+    let script = repo().join("tests/api-client/drive_cent.py");
+    let script = script.to_str().expect("a UTF-8 path");
     let out = run(
         &venv.join("bin/python"),
-        &[
-            "tests/api-client/drive_cent.py",
-            &url,
-            KEY,
-            &hist,
-            &plain,
-            &pres,
-        ],
+        &[script, &url, KEY, &hist, &plain, &pres],
     );
     let seen: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("drive_cent printed no JSON ({e}): {out}"));
@@ -201,11 +201,13 @@ fn live_answers_match_the_openapi_description(rt: Runtime) {
     let _n2 = Node::redis(rt, &redis, &f);
     let url = format!("http://{}", n1.addr());
     let header = format!("X-API-Key: {KEY}");
+    let spec = repo().join("docs/openapi.yaml");
+    let spec = spec.to_str().expect("a UTF-8 path");
     let out = run(
         &venv.join("bin/schemathesis"),
         &[
             "run",
-            "docs/openapi.yaml",
+            spec,
             "--url",
             &url,
             "--header",
