@@ -338,7 +338,11 @@ impl Cli {
         let frame = self.max_frame_bytes as usize;
         let write = 4096;
         WsBuffers {
-            read: 1024,
+            // Client frames are small (a join, a publish of a chat line):
+            // 512 bytes hold several per read. Every connection keeps this
+            // buffer (tungstenite also zero-fills it before each read); a
+            // larger frame is read in more than one.
+            read: 512,
             write,
             // tungstenite requires more than the write buffer.
             max_write: (self.max_outbound_bytes as usize * 2 + frame + 1024).max(2 * write),
